@@ -1,0 +1,234 @@
+"""The pipeline between snapshots and archive bytes, in both directions.
+
+Write: layout plan -> container writer (hashing while writing) -> metadata document ->
+``checksum.txt`` -> atomic publish. Read: container reader (unsafe entries refused before
+anything is written) -> files hashed as they stream -> checksums compared -> layout reader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow_archive_plugin import progress
+from mlflow_archive_plugin.containers import Container, open_reader
+from mlflow_archive_plugin.containers.base import collision_key
+from mlflow_archive_plugin.errors import CorruptArchiveError, IntegrityError, UnsafeArchiveError
+from mlflow_archive_plugin.integrity import (
+    CHECKSUM_NAME,
+    FileRecord,
+    compare,
+    content_digest,
+    copy_and_hash,
+    hash_stream,
+    parse_checksums,
+    render_checksums,
+)
+from mlflow_archive_plugin.layouts import Layout, detect_layout
+from mlflow_archive_plugin.location import Location, open_source, publish_file, publish_folder
+from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
+
+# Small documents kept in memory while scanning, so inspect never needs to extract.
+_CAPTURED = {METADATA_NAME, CHECKSUM_NAME}
+
+
+@dataclass
+class Written:
+    """What ``write_archive`` produced."""
+
+    records: list[FileRecord]
+    digest: str
+    size: int | None
+    sha256: str | None
+
+
+@dataclass
+class Scanned:
+    """Every file of an archive with its measured size and hash, and what failed to read."""
+
+    container: str
+    records: dict[str, FileRecord] = field(default_factory=dict)
+    captured: dict[str, bytes] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def digest(self) -> str | None:
+        """The content digest, if the archive has a ``checksum.txt``."""
+        data = self.captured.get(CHECKSUM_NAME)
+        return None if data is None else content_digest(data)
+
+    def integrity_problems(self) -> list[str]:
+        """Read failures plus every mismatch against ``checksum.txt``, one line each."""
+        problems = list(self.problems)
+        data = self.captured.get(CHECKSUM_NAME)
+        if data is None:
+            return [*problems, f"{CHECKSUM_NAME}: missing, so nothing can be verified"]
+        expected = parse_checksums(data)
+        found = {path: record for path, record in self.records.items() if path != CHECKSUM_NAME}
+        unreadable = {line.split(":", 1)[0] for line in self.problems}
+        return problems + [
+            line for line in compare(expected, found) if line.split(":", 1)[0] not in unreadable
+        ]
+
+
+def write_archive(
+    snapshot: Snapshot,
+    layout: Layout,
+    container: Container,
+    location: Location,
+    *,
+    force: bool = False,
+    show_progress: bool | None = None,
+) -> Written:
+    """Write ``snapshot`` as ``layout`` in ``container`` at ``location``, atomically."""
+    entries = layout.plan(snapshot)
+    total = sum(entry.source.stat().st_size for entry in entries if entry.source is not None)
+    publisher = publish_folder if container.is_folder else publish_file
+    with (
+        progress.byte_progress(total, "export", show_progress) as on_bytes,
+        publisher(location, force) as target,
+        container.open_writer(target) as writer,
+    ):
+        records = []
+        for entry in entries:
+            if entry.source is not None:
+                records.append(writer.add_file(entry.arcname, entry.source, on_bytes))
+            else:
+                records.append(writer.add_bytes(entry.arcname, entry.data or b""))
+        snapshot.files = list(records)
+        records.append(writer.add_bytes(METADATA_NAME, snapshot.to_json()))
+        checksums = render_checksums(records)
+        writer.add_bytes(CHECKSUM_NAME, checksums)
+    if container.is_folder:
+        return Written(records, content_digest(checksums), None, None)
+    size, sha256 = _measure(location)
+    return Written(records, content_digest(checksums), size, sha256)
+
+
+def _measure(location: Location) -> tuple[int, str]:
+    with location.fs.open(location.path, "rb") as handle:
+        return hash_stream(handle)
+
+
+def scan_archive(
+    location: Location,
+    *,
+    extract_to: Path | None = None,
+    keep_going: bool = False,
+    show_progress: bool | None = None,
+) -> Scanned:
+    """Read every entry once, hashing it and (with ``extract_to``) writing it under that folder.
+
+    Unsafe entries are refused before any file is written. With ``keep_going`` a damaged
+    entry is recorded as a problem and reading goes on where the container allows it.
+    """
+    with open_source(location) as (container, source):
+        scanned = Scanned(container)
+        total = _source_size(location, container)
+        with (
+            progress.byte_progress(total, "read", show_progress) as on_bytes,
+            open_reader(container, source) as reader,
+        ):
+            try:
+                _scan_entries(reader.entries(), scanned, extract_to, keep_going, on_bytes)
+            except CorruptArchiveError as exc:
+                if not keep_going:
+                    raise
+                scanned.problems.append(str(exc))
+    return scanned
+
+
+def _scan_entries(entries, scanned: Scanned, extract_to, keep_going, on_bytes) -> None:
+    seen: dict[str, str] = {}
+    for name, stream in entries:
+        key = collision_key(name)
+        if key in seen:
+            raise UnsafeArchiveError(
+                f"refused archive entry {name!r}: same file as {seen[key]!r}; the archive is unsafe"
+            )
+        seen[key] = name
+        try:
+            record, captured = _consume(name, stream, extract_to, on_bytes)
+        except CorruptArchiveError as exc:
+            if not keep_going or scanned.container != "zip":
+                raise
+            scanned.problems.append(str(exc))
+            continue
+        scanned.records[name] = record
+        if name in _CAPTURED:
+            scanned.captured[name] = captured
+
+
+def _consume(name: str, stream, extract_to: Path | None, on_bytes) -> tuple[FileRecord, bytes]:
+    """Hash one entry (writing it under ``extract_to`` if given); small documents are kept."""
+    if extract_to is None:
+        sink = _MemorySink() if name in _CAPTURED else _NullSink()
+        size, digest = copy_and_hash(stream, sink, on_bytes)
+        return FileRecord(name, size, digest), sink.getvalue()
+    target = extract_to / name
+    for parent in reversed(target.relative_to(extract_to).parents):
+        folder = extract_to / parent
+        if folder.exists() and not folder.is_dir():
+            raise UnsafeArchiveError(
+                f"refused archive entry {name!r}: {parent.as_posix()!r} is also a file; "
+                "the archive is unsafe"
+            )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("xb") as sink:
+        size, digest = copy_and_hash(stream, sink, on_bytes)
+    captured = target.read_bytes() if name in _CAPTURED else b""
+    return FileRecord(name, size, digest), captured
+
+
+class _NullSink:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def getvalue(self) -> bytes:
+        return b""
+
+
+class _MemorySink(_NullSink):
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._chunks.append(data)
+        return len(data)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._chunks)
+
+
+def _source_size(location: Location, container: str) -> int | None:
+    if container == "folder":
+        return None
+    try:
+        return int(location.fs.size(location.path))
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+def read_snapshot(root: Path, scanned: Scanned) -> Snapshot:
+    """The snapshot of an archive extracted at ``root``, after its checksums were verified."""
+    problems = scanned.integrity_problems()
+    if problems:
+        raise IntegrityError(
+            f"archive failed verification: {problems[0]}"
+            + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""),
+            problems,
+        )
+    return detect_layout(set(scanned.records), root).read(root)
+
+
+def metadata_problems(snapshot: Snapshot, scanned: Scanned) -> list[str]:
+    """Disagreements between the metadata document's file list and the files found."""
+    problems = []
+    for record in snapshot.files:
+        found = scanned.records.get(record.path)
+        if found is None:
+            problems.append(f"{record.path}: listed in {METADATA_NAME} but not in the archive")
+        elif found.sha256 != record.sha256:
+            problems.append(f"{record.path}: differs from its hash in {METADATA_NAME}")
+    return problems
+

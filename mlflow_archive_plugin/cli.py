@@ -1,0 +1,188 @@
+"""``mlflow-archive``: export, import, inspect and verify archives from the command line.
+
+A mistake a user can make ends in one line on stderr (``error: ...``) and a non-zero exit,
+never a traceback; ``MLFLOW_ARCHIVE_DEBUG=1`` shows the traceback for bug reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from typing import Any
+
+import click
+
+from mlflow_archive_plugin import api
+from mlflow_archive_plugin.containers import CONTAINERS
+from mlflow_archive_plugin.errors import ArchiveError
+from mlflow_archive_plugin.layouts import LAYOUTS
+from mlflow_archive_plugin.registry import ON_EXISTS_CHOICES
+
+_TRACKING_HELP = "Tracking server or database URI (default: MLFLOW_TRACKING_URI, then MLflow's)."
+
+
+class _Group(click.Group):
+    """Turns every failure into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except ArchiveError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was published", 130)
+        except Exception as exc:  # noqa: BLE001 - the CLI must never print a traceback
+            if os.environ.get("MLFLOW_ARCHIVE_DEBUG"):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            _fail(f"unexpected {type(exc).__name__}: {first} "
+                  "(set MLFLOW_ARCHIVE_DEBUG=1 for a traceback)", 1)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _quiet_mlflow(verbose: bool) -> None:
+    """MLflow's own logs and progress bars would bury the one line that matters."""
+    if verbose:
+        return
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _emit(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, default=str))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def _human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show MLflow's own log messages.")
+@click.version_option(package_name="mlflow-archive-plugin")
+def cli(verbose: bool) -> None:
+    """Export MLflow models to portable, self-verifying archives and import them back."""
+    _quiet_mlflow(verbose)
+
+
+def _progress(quiet: bool) -> bool | None:
+    return False if quiet else None
+
+
+@cli.command("export")
+@click.argument("model_uri")
+@click.option("-o", "--output", "dest", help="File, URL, or folder to write into (default: .).")
+@click.option("--format", "fmt", type=click.Choice(sorted(LAYOUTS)), default="mlflow",
+              show_default=True, help="Archive layout.")
+@click.option("--container", type=click.Choice(sorted(CONTAINERS)),
+              help="How the files are packed (default: the format's own, zip for mlflow).")
+@click.option("--force", is_flag=True, help="Replace an existing archive at the destination.")
+@click.option("--tracking-uri", help=_TRACKING_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def export_command(model_uri, dest, fmt, container, force, tracking_uri, as_json, quiet):
+    """Export MODEL_URI (models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID, runs:/RUN/NAME)."""
+    result = api.export_model(model_uri, dest, format=fmt, container=container, force=force,
+                              tracking_uri=tracking_uri, progress=_progress(quiet))
+    data = {key: getattr(result, key) for key in
+            ("location", "format", "container", "size", "sha256", "file_count", "digest")}
+    _emit(as_json, data, [
+        f"exported {model_uri} -> {result.location}",
+        f"  format {result.format}, container {result.container}, {result.file_count} files, "
+        f"{_human_size(result.size)}",
+        *([f"  sha256 {result.sha256}"] if result.sha256 else []),
+        f"  digest {result.digest}",
+    ])
+
+
+@cli.command("import")
+@click.argument("source")
+@click.option("--name", help="Register under this name instead of the archive's.")
+@click.option("--experiment", help="Experiment for the recreated run (default: the model name).")
+@click.option("--on-exists", type=click.Choice(ON_EXISTS_CHOICES), default="reuse",
+              show_default=True, help="What to do when this archive was imported before.")
+@click.option("--no-aliases", is_flag=True, help="Do not set the archive's aliases.")
+@click.option("--tracking-uri", help=_TRACKING_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def import_command(source, name, experiment, on_exists, no_aliases, tracking_uri, as_json, quiet):
+    """Verify the archive at SOURCE and register it as a model version."""
+    result = api.import_archive(source, name=name, experiment=experiment, on_exists=on_exists,
+                                aliases=not no_aliases, tracking_uri=tracking_uri,
+                                progress=_progress(quiet))
+    data = {key: getattr(result, key) for key in ("name", "version", "model_uri", "reused")}
+    verb = "already imported as" if result.reused else "registered"
+    _emit(as_json, data, [f"{verb} {result.model_uri}"])
+
+
+@cli.command("inspect")
+@click.argument("source")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def inspect_command(source, as_json):
+    """Show what the archive at SOURCE holds, without extracting it."""
+    info = api.inspect_archive(source)
+    meta = info.metadata or {}
+    registered = meta.get("registered_model") or {}
+    version = meta.get("model_version") or {}
+    run = meta.get("run") or {}
+    lines = [
+        f"{info.location}",
+        f"  layout {info.layout}, container {info.container}, {len(info.files)} files",
+        f"  model {registered.get('name', '-')} version {version.get('version', '-')}"
+        f"  aliases {', '.join(version.get('aliases') or []) or '-'}",
+        f"  run {run.get('run_name', '-')} ({len(run.get('params') or {})} params, "
+        f"{len(run.get('metrics') or {})} metrics)",
+        f"  flavors {', '.join(sorted((meta.get('mlmodel') or {}).get('flavors') or {})) or '-'}",
+        f"  digest {info.digest or '-'}",
+        *[f"  {f['sha256'][:12]}  {f['size']:>12}  {f['path']}" for f in info.files],
+        *[f"  problem: {p}" for p in info.problems],
+    ]
+    _emit(as_json, info.to_dict(), lines)
+
+
+@cli.command("verify")
+@click.argument("source")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def verify_command(source, as_json, quiet):
+    """Check every file of the archive at SOURCE against its checksum.txt."""
+    report = api.verify_archive(source, progress=_progress(quiet))
+    if as_json:
+        _emit(True, report.to_dict(), [])
+    elif report.ok:
+        click.echo(f"OK: {report.checked} files match checksum.txt (digest {report.digest})")
+    else:
+        for problem in report.problems:
+            click.echo(f"error: {problem}", err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="mlflow-archive")
+
+
+if __name__ == "__main__":
+    main()

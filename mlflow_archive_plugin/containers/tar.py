@@ -1,0 +1,131 @@
+"""The tar family: tar, tar.gz, tar.xz, tar.bz2, written and read as streams (no seeking)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import lzma
+import tarfile
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from mlflow_archive_plugin.containers.base import (
+    ContainerReader,
+    ContainerWriter,
+    ProgressCallback,
+    safe_entry_name,
+)
+from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
+from mlflow_archive_plugin.integrity import CHUNK_SIZE, FileRecord
+
+_STREAM_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
+
+
+class _HashingReader:
+    """A read-through wrapper that hashes and counts what ``tarfile.addfile`` pulls."""
+
+    def __init__(self, source: BinaryIO, on_bytes: ProgressCallback) -> None:
+        self._source = source
+        self._on_bytes = on_bytes
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._source.read(size if size and size > 0 else CHUNK_SIZE)
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        if self._on_bytes is not None and chunk:
+            self._on_bytes(len(chunk))
+        return chunk
+
+
+class TarWriter(ContainerWriter):
+    """Writes a PAX tar stream, optionally compressed (``compression`` in '', gz, xz, bz2)."""
+
+    def __init__(self, target: BinaryIO, compression: str = "") -> None:
+        mode = f"w|{compression}" if compression else "w|"
+        self._tar = tarfile.open(  # noqa: SIM115 - closed by close()
+            fileobj=target, mode=mode, format=tarfile.PAX_FORMAT
+        )
+
+    def add_file(self, arcname: str, src: Path, on_bytes: ProgressCallback = None) -> FileRecord:
+        status = src.stat()
+        info = tarfile.TarInfo(arcname)
+        info.size = status.st_size
+        info.mtime = int(status.st_mtime)
+        info.mode = 0o644
+        with src.open("rb") as source:
+            reader = _HashingReader(source, on_bytes)
+            self._tar.addfile(info, reader)
+        if reader.size != info.size:
+            raise CorruptArchiveError(f"{src} changed size while it was being archived; retry")
+        return FileRecord(arcname, reader.size, reader.digest.hexdigest())
+
+    def add_bytes(self, arcname: str, data: bytes) -> FileRecord:
+        info = tarfile.TarInfo(arcname)
+        info.size = len(data)
+        info.mtime = int(time.time())
+        info.mode = 0o644
+        self._tar.addfile(info, io.BytesIO(data))
+        return FileRecord.of_bytes(arcname, data)
+
+    def close(self) -> None:
+        self._tar.close()
+
+
+class TarReader(ContainerReader):
+    """Reads any tar stream (compression detected); refuses links and special members."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        try:
+            self._tar = tarfile.open(fileobj=source, mode="r|*")  # noqa: SIM115
+        except _STREAM_ERRORS as exc:
+            raise CorruptArchiveError(
+                f"the tar archive is truncated or damaged ({exc}); export it again"
+            ) from exc
+
+    def entries(self) -> Iterator[tuple[str, BinaryIO]]:
+        members = iter(self._tar)
+        while True:
+            try:
+                member = next(members)
+            except StopIteration:
+                return
+            except _STREAM_ERRORS as exc:
+                raise CorruptArchiveError(
+                    f"the tar archive is truncated or damaged ({exc}); export it again"
+                ) from exc
+            name = safe_entry_name(member.name)
+            if member.isdir():
+                continue
+            if not member.isreg():
+                kind = "link" if (member.issym() or member.islnk()) else "special file"
+                raise UnsafeArchiveError(
+                    f"refused archive entry {member.name!r}: {kind}; the archive is unsafe"
+                )
+            stream = self._tar.extractfile(member)
+            yield name, _GuardedStream(stream, name)
+
+    def close(self) -> None:
+        self._tar.close()
+
+
+class _GuardedStream:
+    """Turns decompression errors and early ends inside one member into a named error."""
+
+    def __init__(self, stream: BinaryIO, name: str) -> None:
+        self._stream = stream
+        self._name = name
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except _STREAM_ERRORS as exc:
+            raise CorruptArchiveError(
+                f"{self._name}: archive truncated or damaged ({exc})"
+            ) from exc
+
+

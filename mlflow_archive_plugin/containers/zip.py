@@ -1,0 +1,110 @@
+"""Zip: the default container. Each file is stored or deflated by what a sample of it does."""
+
+from __future__ import annotations
+
+import stat
+import time
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from mlflow_archive_plugin.containers.base import (
+    ContainerReader,
+    ContainerWriter,
+    ProgressCallback,
+    safe_entry_name,
+)
+from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
+from mlflow_archive_plugin.integrity import FileRecord, copy_and_hash
+
+_SAMPLE = 256 * 1024
+# Deflate only when a sample shrinks by at least this much: weights rarely do, and storing
+# them is many times faster than deflating them to the same size.
+_WORTH_DEFLATING = 0.9
+_MIN_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def _choose_compression(src: Path) -> int:
+    with src.open("rb") as handle:
+        sample = handle.read(_SAMPLE)
+    if len(sample) < 512:
+        return zipfile.ZIP_DEFLATED
+    shrunk = len(zlib.compress(sample, 1))
+    return zipfile.ZIP_DEFLATED if shrunk < _WORTH_DEFLATING * len(sample) else zipfile.ZIP_STORED
+
+
+def _zip_time(seconds: float) -> tuple[int, int, int, int, int, int]:
+    return max(time.localtime(seconds)[:6], _MIN_ZIP_TIME)
+
+
+class ZipWriter(ContainerWriter):
+    """Writes a zip (ZIP64 when needed) to a seekable binary stream."""
+
+    def __init__(self, target: BinaryIO) -> None:
+        self._zip = zipfile.ZipFile(target, "w", allowZip64=True)
+
+    def add_file(self, arcname: str, src: Path, on_bytes: ProgressCallback = None) -> FileRecord:
+        info = zipfile.ZipInfo(arcname, _zip_time(src.stat().st_mtime))
+        info.file_size = src.stat().st_size
+        info.compress_type = _choose_compression(src)
+        info.external_attr = (stat.S_IFREG | 0o644) << 16
+        with src.open("rb") as source, self._zip.open(info, "w") as sink:
+            size, digest = copy_and_hash(source, sink, on_bytes)
+        return FileRecord(arcname, size, digest)
+
+    def add_bytes(self, arcname: str, data: bytes) -> FileRecord:
+        info = zipfile.ZipInfo(arcname, _zip_time(time.time()))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = (stat.S_IFREG | 0o644) << 16
+        self._zip.writestr(info, data)
+        return FileRecord.of_bytes(arcname, data)
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+class ZipReader(ContainerReader):
+    """Reads a zip from a seekable binary stream; refuses symlink and unsafe entries."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        try:
+            self._zip = zipfile.ZipFile(source)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise CorruptArchiveError(
+                f"the zip archive is truncated or damaged ({exc}); export it again"
+            ) from exc
+
+    def entries(self) -> Iterator[tuple[str, BinaryIO]]:
+        for info in self._zip.infolist():
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise UnsafeArchiveError(
+                    f"refused archive entry {info.filename!r}: symbolic link; the archive is unsafe"
+                )
+            name = safe_entry_name(info.filename)
+            if info.is_dir():
+                continue
+            try:
+                stream = self._zip.open(info)
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+                raise CorruptArchiveError(f"{name}: damaged zip entry ({exc})") from exc
+            with stream:
+                yield name, _GuardedStream(stream, name)
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+class _GuardedStream:
+    """Turns the zip module's read errors (bad CRC, bad deflate data) into a named error."""
+
+    def __init__(self, stream: BinaryIO, name: str) -> None:
+        self._stream = stream
+        self._name = name
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+            raise CorruptArchiveError(f"{self._name}: damaged zip entry ({exc})") from exc

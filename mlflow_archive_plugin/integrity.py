@@ -1,0 +1,126 @@
+"""Streaming SHA-256 and ``checksum.txt`` in ``sha256sum`` text format.
+
+``checksum.txt`` lists every other file of an archive, so ``sha256sum -c checksum.txt`` in an
+extracted archive verifies it without the plugin. Its own digest is the archive's *content
+digest*: it covers every file transitively and is the same whatever container holds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from mlflow_archive_plugin.errors import CorruptArchiveError
+
+CHECKSUM_NAME = "checksum.txt"
+CHUNK_SIZE = 1024 * 1024
+
+_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """The size and SHA-256 of one archive entry, measured while it was written or read."""
+
+    path: str
+    size: int
+    sha256: str
+
+    @classmethod
+    def of_bytes(cls, path: str, data: bytes) -> FileRecord:
+        """The record of generated content."""
+        return cls(path, len(data), hashlib.sha256(data).hexdigest())
+
+    def to_dict(self) -> dict[str, object]:
+        """The record as it appears in the metadata document's file list."""
+        return {"path": self.path, "size": self.size, "sha256": self.sha256}
+
+
+def copy_and_hash(src: BinaryIO, dst: BinaryIO, on_bytes=None) -> tuple[int, str]:
+    """Copy ``src`` to ``dst`` in chunks, returning the byte count and hex SHA-256.
+
+    ``on_bytes`` is called with each chunk's length, for progress reporting.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := src.read(CHUNK_SIZE):
+        digest.update(chunk)
+        dst.write(chunk)
+        size += len(chunk)
+        if on_bytes is not None:
+            on_bytes(len(chunk))
+    return size, digest.hexdigest()
+
+
+def hash_stream(src: BinaryIO) -> tuple[int, str]:
+    """The byte count and hex SHA-256 of a stream, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := src.read(CHUNK_SIZE):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def render_checksums(records: Iterable[FileRecord]) -> bytes:
+    """``checksum.txt`` for ``records``: one ``<sha256>  <path>`` line each, sorted by path."""
+    lines = []
+    for record in sorted(records, key=lambda r: r.path):
+        if "\n" in record.path or "\\" in record.path:
+            # sha256sum escapes such names, which other readers do not undo; refuse them.
+            raise CorruptArchiveError(
+                f"file name {record.path!r} cannot be listed in {CHECKSUM_NAME}; rename it"
+            )
+        lines.append(f"{record.sha256}  {record.path}\n")
+    return "".join(lines).encode("utf-8")
+
+
+def parse_checksums(data: bytes) -> dict[str, str]:
+    """Parse ``checksum.txt`` into ``{path: sha256}``; a malformed line is a corrupt archive."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptArchiveError(
+            f"{CHECKSUM_NAME} is not UTF-8 text; the archive is damaged"
+        ) from exc
+    result: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _LINE.match(line)
+        if match is None:
+            raise CorruptArchiveError(
+                f"{CHECKSUM_NAME} line {number} is not '<sha256>  <path>'; the archive is damaged"
+            )
+        digest, path = match.groups()
+        if path in result:
+            raise CorruptArchiveError(
+                f"{CHECKSUM_NAME} lists {path!r} twice; the archive is damaged"
+            )
+        result[path] = digest
+    return result
+
+
+def content_digest(checksum_bytes: bytes) -> str:
+    """The archive's content digest: SHA-256 of its ``checksum.txt``."""
+    return hashlib.sha256(checksum_bytes).hexdigest()
+
+
+def compare(expected: Mapping[str, str], actual: Mapping[str, FileRecord]) -> list[str]:
+    """Every difference between ``checksum.txt`` and the files found, one line each.
+
+    ``actual`` maps each file found in the archive (other than ``checksum.txt``) to its record.
+    """
+    problems = []
+    for path, digest in sorted(expected.items()):
+        record = actual.get(path)
+        if record is None:
+            problems.append(f"{path}: missing (listed in {CHECKSUM_NAME})")
+        elif record.sha256 != digest:
+            problems.append(f"{path}: content differs from {CHECKSUM_NAME}")
+    for path in sorted(set(actual) - set(expected)):
+        problems.append(f"{path}: extra file not listed in {CHECKSUM_NAME}")
+    return problems

@@ -1,0 +1,32 @@
+"""Layouts by name, and detection of an extracted archive's layout in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow_archive_plugin.errors import UnsupportedError
+from mlflow_archive_plugin.layouts.base import Entry, Layout
+from mlflow_archive_plugin.layouts.mlflow import MlflowLayout
+
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (MlflowLayout(),)}
+
+
+def get_layout(name: str) -> Layout:
+    """The layout called ``name``."""
+    if name not in LAYOUTS:
+        raise UnsupportedError(f"unknown format {name!r}; choose one of: {', '.join(LAYOUTS)}")
+    return LAYOUTS[name]
+
+
+def detect_layout(names: set[str], root: Path) -> Layout:
+    """The layout of an extracted archive, or a one-line error naming what is readable."""
+    for layout in LAYOUTS.values():
+        if layout.detect(names, root):
+            return layout
+    raise UnsupportedError(
+        "the archive holds no mlflow-archive.json and no manifest of a known format "
+        f"({', '.join(LAYOUTS)}); it was not written by mlflow-archive-plugin"
+    )
+
+
+__all__ = ["LAYOUTS", "Entry", "Layout", "detect_layout", "get_layout"]

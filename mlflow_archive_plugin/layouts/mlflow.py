@@ -1,0 +1,54 @@
+"""The native layout: the MLflow model directory under ``model/``, lossless by construction."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mlflow_archive_plugin.errors import CorruptArchiveError
+from mlflow_archive_plugin.layouts.base import Entry, Layout
+from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
+
+_UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def model_files(model_dir: Path) -> list[Path]:
+    """Every regular file under an MLflow model directory, in a stable order."""
+    return sorted((p for p in model_dir.rglob("*") if p.is_file()), key=lambda p: p.as_posix())
+
+
+class MlflowLayout(Layout):
+    """``model/`` holds the MLflow model exactly as logged; the metadata document says the rest."""
+
+    name = "mlflow"
+    default_container = "zip"
+    containers = ("zip", "tar", "tar.gz", "tar.xz", "tar.bz2", "folder")
+
+    def plan(self, snapshot: Snapshot) -> list[Entry]:
+        snapshot.layout = self.name
+        snapshot.model_path = "model"
+        return [
+            Entry(f"model/{path.relative_to(snapshot.model_dir).as_posix()}", source=path)
+            for path in model_files(snapshot.model_dir)
+        ]
+
+    def file_stem(self, snapshot: Snapshot) -> str:
+        if snapshot.model_version is not None:
+            stem = f"{snapshot.display_name}-v{snapshot.model_version.version}"
+        elif snapshot.logged_model is not None:
+            stem = f"{snapshot.display_name}-{snapshot.logged_model.model_id}"
+        else:
+            stem = snapshot.display_name
+        return _UNSAFE_FILE_CHARS.sub("_", stem).strip("._") or "model"
+
+    def detect(self, names: set[str], root: Path) -> bool:
+        return METADATA_NAME in names
+
+    def read(self, root: Path) -> Snapshot:
+        snapshot = Snapshot.from_json((root / METADATA_NAME).read_bytes(), root)
+        snapshot.model_dir = root / snapshot.model_path
+        if not (snapshot.model_dir / "MLmodel").is_file():
+            raise CorruptArchiveError(
+                f"the archive has no {snapshot.model_path}/MLmodel, so it holds no MLflow model"
+            )
+        return snapshot

@@ -1,0 +1,270 @@
+"""Read a model URI, its files and its registry and run metadata into a Snapshot (export side)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from mlflow_archive_plugin.errors import CorruptArchiveError, ModelNotFoundError
+from mlflow_archive_plugin.snapshot import (
+    Lineage,
+    LoggedModelInfo,
+    ModelVersionInfo,
+    RegisteredModelInfo,
+    RunInfo,
+    Snapshot,
+)
+from mlflow_archive_plugin.tracking import (
+    connect,
+    is_missing,
+    mlflow_errors,
+    redact_uri,
+    resolve_tracking_uri,
+)
+
+_LOGGED_MODEL = re.compile(r"^models:/(m-[0-9a-f]+)/?$")
+_BY_ALIAS = re.compile(r"^models:/([^/@]+)@([^/]+)/?$")
+_BY_VERSION = re.compile(r"^models:/([^/@]+)/([^/]+)/?$")
+_RUNS = re.compile(r"^runs:/([^/]+)/(.+?)/?$")
+
+
+def read_model(
+    model_uri: str,
+    download_dir: Path,
+    *,
+    tracking_uri: str | None = None,
+    registry_uri: str | None = None,
+) -> Snapshot:
+    """Resolve ``model_uri``, download its files into ``download_dir`` and collect its metadata."""
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    registry_uri = registry_uri or tracking_uri
+    client = connect(tracking_uri, registry_uri)
+    with mlflow_errors(f"cannot read {model_uri}"):
+        version, logged, files_uri = _resolve(client, model_uri)
+        registered = _registered_model(client, version.name) if version is not None else None
+        run_id = (version.run_id if version is not None else None) or (
+            logged.source_run_id if logged is not None else None
+        )
+        run = _run(client, run_id) if run_id else None
+        model_dir = _download(files_uri, download_dir, tracking_uri, registry_uri)
+    return Snapshot(
+        model_dir=model_dir,
+        mlmodel=_mlmodel(model_dir),
+        lineage=Lineage(
+            model_uri=redact_uri(model_uri),
+            source_tracking_uri=redact_uri(tracking_uri),
+            source_registry_uri=redact_uri(registry_uri),
+            artifact_uri=redact_uri(
+                logged.artifact_location if logged is not None else files_uri
+            ),
+            exported_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            plugin_version=_plugin_version(),
+            mlflow_version=mlflow.__version__,
+        ),
+        registered_model=registered,
+        model_version=_version_info(version) if version is not None else None,
+        logged_model=_logged_info(logged) if logged is not None else None,
+        run=run,
+    )
+
+
+def _resolve(client: MlflowClient, uri: str):
+    """The model version (if any), logged model (if any) and a URI to download the files from."""
+    if match := _LOGGED_MODEL.match(uri):
+        logged = client.get_logged_model(match.group(1))
+        return None, logged, uri
+    if match := _BY_ALIAS.match(uri):
+        version = client.get_model_version_by_alias(match.group(1), match.group(2))
+        return (version, *_logged_for_version(client, version))
+    if match := _BY_VERSION.match(uri):
+        name, number = match.groups()
+        if number == "latest":
+            number = _latest_version(client, name)
+        version = client.get_model_version(name, number)
+        return (version, *_logged_for_version(client, version))
+    if match := _RUNS.match(uri):
+        logged = _logged_in_run(client, *match.groups())
+        return None, logged, f"models:/{logged.model_id}" if logged is not None else uri
+    if uri.startswith("models:/"):
+        raise ModelNotFoundError(
+            f"cannot parse model URI {uri!r}; use models:/<name>/<version>, "
+            "models:/<name>@<alias> or models:/m-<id>"
+        )
+    return None, None, uri
+
+
+def _latest_version(client: MlflowClient, name: str) -> str:
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise ModelNotFoundError(f"registered model {name!r} has no versions")
+    return str(max(int(v.version) for v in versions))
+
+
+def _logged_for_version(client: MlflowClient, version):
+    model_id = getattr(version, "model_id", None)
+    if not model_id and version.source and (match := _LOGGED_MODEL.match(version.source)):
+        model_id = match.group(1)
+    if not model_id:
+        return None, version.source
+    try:
+        logged = client.get_logged_model(model_id)
+    except MlflowException as exc:
+        if not is_missing(exc):
+            raise
+        return None, version.source
+    return logged, f"models:/{model_id}"
+
+
+def _logged_in_run(client: MlflowClient, run_id: str, name: str):
+    experiment_id = client.get_run(run_id).info.experiment_id
+    token = None
+    while True:
+        page = client.search_logged_models(
+            experiment_ids=[experiment_id], filter_string=f"name = '{name}'", page_token=token
+        )
+        for logged in page:
+            if logged.source_run_id == run_id:
+                return logged
+        token = page.token
+        if not token:
+            return None
+
+
+def _registered_model(client: MlflowClient, name: str) -> RegisteredModelInfo:
+    model = client.get_registered_model(name)
+    return RegisteredModelInfo(
+        name=model.name,
+        description=model.description or None,
+        tags=dict(model.tags or {}),
+        aliases={alias: str(v) for alias, v in (model.aliases or {}).items()},
+        creation_timestamp=model.creation_timestamp,
+        last_updated_timestamp=model.last_updated_timestamp,
+    )
+
+
+def _version_info(version) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        version=str(version.version),
+        description=version.description or None,
+        tags=dict(version.tags or {}),
+        aliases=list(version.aliases or []),
+        current_stage=version.current_stage,
+        status=version.status,
+        creation_timestamp=version.creation_timestamp,
+        last_updated_timestamp=version.last_updated_timestamp,
+        user_id=version.user_id or None,
+        source=redact_uri(version.source),
+        run_id=version.run_id or None,
+        run_link=redact_uri(version.run_link) or None,
+    )
+
+
+def _logged_info(logged) -> LoggedModelInfo:
+    return LoggedModelInfo(
+        model_id=logged.model_id,
+        name=logged.name,
+        params=dict(logged.params or {}),
+        tags=dict(logged.tags or {}),
+        metrics=[_metric_point(m) for m in (logged.metrics or [])],
+        model_type=logged.model_type,
+        status=str(logged.status) if logged.status is not None else None,
+        creation_timestamp=logged.creation_timestamp,
+        last_updated_timestamp=logged.last_updated_timestamp,
+        experiment_id=logged.experiment_id,
+        source_run_id=logged.source_run_id,
+    )
+
+
+def _metric_point(metric) -> dict:
+    point = {"key": metric.key, "value": metric.value, "step": metric.step,
+             "timestamp": metric.timestamp}
+    for extra in ("dataset_name", "dataset_digest", "run_id"):
+        if getattr(metric, extra, None):
+            point[extra] = getattr(metric, extra)
+    return point
+
+
+def _run(client: MlflowClient, run_id: str) -> RunInfo | None:
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if is_missing(exc):
+            return None  # the run was deleted; the model is still worth exporting
+        raise
+    experiment = client.get_experiment(run.info.experiment_id)
+    history = {
+        key: [
+            {"value": m.value, "step": m.step, "timestamp": m.timestamp}
+            for m in client.get_metric_history(run_id, key)
+        ]
+        for key in sorted(run.data.metrics)
+    }
+    return RunInfo(
+        run_id=run.info.run_id,
+        run_name=run.info.run_name,
+        experiment_id=run.info.experiment_id,
+        experiment_name=experiment.name if experiment is not None else None,
+        status=run.info.status,
+        start_time=run.info.start_time,
+        end_time=run.info.end_time,
+        user_id=run.info.user_id or None,
+        params=dict(run.data.params),
+        tags=dict(run.data.tags),
+        metrics=history,
+    )
+
+
+def _download(files_uri: str, download_dir: Path, tracking_uri: str, registry_uri: str) -> Path:
+    # MLflow's own download bar would print on every export, terminal or not.
+    with _environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=files_uri,
+            dst_path=str(download_dir),
+            tracking_uri=tracking_uri,
+            registry_uri=registry_uri,
+        )
+    path = Path(local)
+    if not (path / "MLmodel").is_file():
+        raise ModelNotFoundError(
+            f"{redact_uri(files_uri)} holds no MLmodel file; point at an MLflow model"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _mlmodel(model_dir: Path) -> dict:
+    try:
+        data = yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CorruptArchiveError(f"the model's MLmodel file is not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CorruptArchiveError("the model's MLmodel file is not a YAML mapping")
+    return data
+
+
+def _plugin_version() -> str:
+    from mlflow_archive_plugin import __version__
+
+    return __version__

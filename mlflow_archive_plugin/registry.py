@@ -1,0 +1,323 @@
+"""Write a Snapshot into a registry (import side): run, logged model, files, version, aliases.
+
+Order matters: the version is registered only after the files are uploaded and their sizes
+checked, so nobody can load a half-uploaded version. Anything created before a failure is
+deleted again. What MLflow does not let a client set (version numbers, creation times, user,
+ids) is kept in ``mlflow_archive.source.*`` tags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+from mlflow_archive_plugin.errors import TrackingServerError, UnsupportedError, VersionExistsError
+from mlflow_archive_plugin.snapshot import Snapshot
+from mlflow_archive_plugin.tracking import (
+    connect,
+    is_missing,
+    mlflow_errors,
+    resolve_tracking_uri,
+)
+
+DIGEST_TAG = "mlflow_archive.digest"
+SOURCE_PREFIX = "mlflow_archive.source."
+ON_EXISTS_CHOICES = ("reuse", "new", "fail")
+_TERMINAL_STATUSES = {"FINISHED", "FAILED", "KILLED"}
+# Tags MLflow maintains itself on the target; copying the source's values would be wrong there.
+_MLFLOW_MANAGED_TAGS = {"mlflow.modelVersions"}
+_MAX_PARAMS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 1000
+
+
+@dataclass
+class Registered:
+    """The version an import produced or found."""
+
+    name: str
+    version: str
+    reused: bool
+    run_id: str | None = None
+    model_id: str | None = None
+
+
+@dataclass
+class _Created:
+    """What this import created so far, to delete again if a later step fails."""
+
+    client: MlflowClient
+    run_id: str | None = None
+    model_id: str | None = None
+    registered_model: str | None = None
+    version: tuple[str, str] | None = None
+
+    def roll_back(self) -> None:
+        client = self.client
+        with contextlib.suppress(MlflowException, OSError):
+            if self.version is not None:
+                client.delete_model_version(*self.version)
+        with contextlib.suppress(MlflowException, OSError):
+            if self.registered_model is not None:
+                client.delete_registered_model(self.registered_model)
+        with contextlib.suppress(MlflowException, OSError):
+            if self.model_id is not None:
+                client.delete_logged_model(self.model_id)
+        with contextlib.suppress(MlflowException, OSError):
+            if self.run_id is not None:
+                client.delete_run(self.run_id)
+
+
+def register(
+    snapshot: Snapshot,
+    digest: str,
+    *,
+    name: str | None = None,
+    experiment: str | None = None,
+    on_exists: str = "reuse",
+    aliases: bool = True,
+    tracking_uri: str | None = None,
+    registry_uri: str | None = None,
+) -> Registered:
+    """Recreate ``snapshot`` as a registered model version; idempotent by archive ``digest``."""
+    if on_exists not in ON_EXISTS_CHOICES:
+        raise UnsupportedError(
+            f"unknown on_exists {on_exists!r}; choose one of: {', '.join(ON_EXISTS_CHOICES)}"
+        )
+    target = name or snapshot.display_name
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    client = connect(tracking_uri, registry_uri)
+    with mlflow_errors(f"cannot import into registered model {target!r}"):
+        existing = _version_with_digest(client, target, digest)
+        if existing is not None and on_exists == "reuse":
+            return Registered(target, str(existing.version), True, existing.run_id,
+                              _model_id_of(existing))
+        if existing is not None and on_exists == "fail":
+            raise VersionExistsError(
+                f"version {existing.version} of {target!r} was already imported from this archive; "
+                "pass --on-exists reuse to return it or new to register another"
+            )
+        created = _Created(client)
+        try:
+            # SQL registries resolve the version's models:/m-<id> source through the *global*
+            # tracking URI (an MLflow TODO), so point it at the target while registering.
+            with _use_tracking_uri(tracking_uri):
+                return _create_all(client, created, snapshot, digest, target, experiment, aliases)
+        except BaseException:
+            created.roll_back()
+            raise
+
+
+def _create_all(client, created, snapshot, digest, target, experiment, aliases) -> Registered:
+    experiment_id = _experiment_id(client, experiment or target)
+    run_id = _create_run(client, created, snapshot, experiment_id)
+    model_id = _create_logged_model(client, created, snapshot, experiment_id, run_id)
+    _log_metrics(client, run_id, snapshot, model_id)
+    _finish_run(client, run_id, snapshot)
+    _upload_files(client, model_id, snapshot.model_dir)
+    _ensure_registered_model(client, created, snapshot, target)
+    version = client.create_model_version(
+        name=target,
+        source=f"models:/{model_id}",
+        run_id=run_id,
+        tags=_version_tags(snapshot, digest),
+        description=snapshot.model_version.description if snapshot.model_version else None,
+        model_id=model_id,
+    )
+    created.version = (target, str(version.version))
+    if aliases and snapshot.model_version is not None:
+        for alias in snapshot.model_version.aliases:
+            client.set_registered_model_alias(target, alias, str(version.version))
+    return Registered(target, str(version.version), False, run_id, model_id)
+
+
+def _model_id_of(version) -> str | None:
+    """SQL registries do not store a version's model id; its source URI names it."""
+    source = version.source or ""
+    return getattr(version, "model_id", None) or (
+        source.removeprefix("models:/") if source.startswith("models:/m-") else None
+    )
+
+
+def _version_with_digest(client: MlflowClient, name: str, digest: str):
+    """The lowest-numbered version of ``name`` imported from an archive with ``digest``."""
+    escaped = name.replace("'", "\\'")
+    try:
+        versions = list(_all_versions(client, f"name = '{escaped}'"))
+    except MlflowException as exc:
+        if is_missing(exc):
+            return None
+        raise
+    matching = [v for v in versions if (v.tags or {}).get(DIGEST_TAG) == digest]
+    return min(matching, key=lambda v: int(v.version), default=None)
+
+
+def _all_versions(client: MlflowClient, filter_string: str) -> Iterator:
+    token = None
+    while True:
+        page = client.search_model_versions(filter_string, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        return client.create_experiment(name)
+    if found.lifecycle_stage == "deleted":
+        raise UnsupportedError(
+            f"experiment {name!r} is deleted; restore it or pass --experiment with another name"
+        )
+    return found.experiment_id
+
+
+def _source_tags(pairs: dict[str, object]) -> dict[str, str]:
+    return {
+        SOURCE_PREFIX + key: str(value) for key, value in pairs.items() if value not in (None, "")
+    }
+
+
+def _create_run(client, created: _Created, snapshot: Snapshot, experiment_id: str) -> str | None:
+    run = snapshot.run
+    if run is None:
+        return None
+    tags = dict(run.tags)
+    tags.update(_source_tags({"run_id": run.run_id, "experiment_id": run.experiment_id,
+                              "experiment_name": run.experiment_name, "user_id": run.user_id,
+                              "tracking_uri": snapshot.lineage.source_tracking_uri}))
+    new = client.create_run(experiment_id, start_time=run.start_time, tags=tags,
+                            run_name=run.run_name)
+    created.run_id = new.info.run_id
+    params = [Param(key, str(value)) for key, value in run.params.items()]
+    for start in range(0, len(params), _MAX_PARAMS_PER_BATCH):
+        client.log_batch(created.run_id, params=params[start:start + _MAX_PARAMS_PER_BATCH])
+    return created.run_id
+
+
+def _log_metrics(client, run_id: str | None, snapshot: Snapshot, model_id: str) -> None:
+    """Replay the run's metric history; points that belonged to the logged model keep the link."""
+    if run_id is None:
+        return
+    model_points = {
+        (p["key"], p["value"], p["step"], p["timestamp"]): p
+        for p in (snapshot.logged_model.metrics if snapshot.logged_model else [])
+    }
+    metrics = []
+    for key, history in (snapshot.run.metrics if snapshot.run else {}).items():
+        for point in history:
+            identity = (key, point["value"], point["step"], point["timestamp"])
+            linked = model_points.pop(identity, None)
+            metrics.append(_metric(key, point, model_id if linked else None, linked))
+    for (key, *_), point in model_points.items():
+        metrics.append(_metric(key, point, model_id, point))
+    for start in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[start:start + _MAX_METRICS_PER_BATCH])
+
+
+def _metric(key: str, point: dict, model_id: str | None, linked: dict | None) -> Metric:
+    extra = linked or {}
+    return Metric(key, float(point["value"]), int(point["timestamp"]), int(point["step"]),
+                  model_id=model_id, dataset_name=extra.get("dataset_name"),
+                  dataset_digest=extra.get("dataset_digest"))
+
+
+def _create_logged_model(client, created: _Created, snapshot: Snapshot, experiment_id: str,
+                         run_id: str | None) -> str:
+    logged = snapshot.logged_model
+    tags = {k: v for k, v in logged.tags.items() if k not in _MLFLOW_MANAGED_TAGS} if logged else {}
+    if logged is not None:
+        tags.update(_source_tags({"model_id": logged.model_id,
+                                  "creation_timestamp": logged.creation_timestamp,
+                                  "experiment_id": logged.experiment_id}))
+    model = client.create_logged_model(
+        experiment_id=experiment_id,
+        name=(logged.name if logged else None) or "model",
+        source_run_id=run_id,
+        tags=tags or None,
+        params=(dict(logged.params) if logged else None) or None,
+        model_type=logged.model_type if logged else None,
+    )
+    created.model_id = model.model_id
+    return model.model_id
+
+
+def _finish_run(client, run_id: str | None, snapshot: Snapshot) -> None:
+    """Close the run with its original status and end time (left running if it was)."""
+    run = snapshot.run
+    if run_id is not None and run is not None and run.status in _TERMINAL_STATUSES:
+        client.set_terminated(run_id, status=run.status, end_time=run.end_time)
+
+
+def _upload_files(client: MlflowClient, model_id: str, model_dir: Path) -> None:
+    client.log_model_artifacts(model_id, str(model_dir))
+    expected = {
+        path.relative_to(model_dir).as_posix(): path.stat().st_size
+        for path in model_dir.rglob("*") if path.is_file()
+    }
+    uploaded = dict(_listed_files(client, model_id, None))
+    wrong = sorted(p for p, size in expected.items() if uploaded.get(p) not in (size, None))
+    missing = sorted(set(expected) - set(uploaded))
+    if wrong or missing:
+        names = ", ".join((missing + wrong)[:5])
+        raise TrackingServerError(
+            f"the artifact store did not keep every model file intact ({names}); "
+            "check the server's artifact storage and retry"
+        )
+    client.finalize_logged_model(model_id, "READY")
+
+
+def _listed_files(client: MlflowClient, model_id: str, path: str | None) -> Iterator:
+    for info in client.list_logged_model_artifacts(model_id, path):
+        if info.is_dir:
+            yield from _listed_files(client, model_id, info.path)
+        else:
+            yield info.path, info.file_size
+
+
+def _ensure_registered_model(client, created: _Created, snapshot: Snapshot, name: str) -> None:
+    source = snapshot.registered_model
+    tags = dict(source.tags) if source else {}
+    description = source.description if source else None
+    try:
+        existing = client.get_registered_model(name)
+    except MlflowException as exc:
+        if not is_missing(exc):
+            raise
+        client.create_registered_model(name, tags=tags or None, description=description)
+        created.registered_model = name
+        return
+    # Merge: tags already on the target win, so an import never changes what others rely on.
+    for key, value in tags.items():
+        if key not in (existing.tags or {}):
+            client.set_registered_model_tag(name, key, value)
+    if description and not existing.description:
+        client.update_registered_model(name, description=description)
+
+
+def _version_tags(snapshot: Snapshot, digest: str) -> dict[str, str]:
+    version = snapshot.model_version
+    tags = dict(version.tags) if version else {}
+    tags[DIGEST_TAG] = digest
+    lineage = snapshot.lineage
+    tags.update(_source_tags({
+        "name": snapshot.registered_model.name if snapshot.registered_model else None,
+        "version": version.version if version else None,
+        "creation_timestamp": version.creation_timestamp if version else None,
+        "last_updated_timestamp": version.last_updated_timestamp if version else None,
+        "user_id": version.user_id if version else None,
+        "stage": version.current_stage if version and version.current_stage != "None" else None,
+        "run_id": snapshot.run.run_id if snapshot.run else (version.run_id if version else None),
+        "model_id": snapshot.logged_model.model_id if snapshot.logged_model else None,
+        "model_uri": lineage.model_uri,
+        "tracking_uri": lineage.source_tracking_uri,
+        "exported_at": lineage.exported_at,
+    }))
+    return tags

@@ -1,0 +1,226 @@
+"""The Snapshot: an MLflow model's files plus everything needed to recreate its registry entry.
+
+Export builds one from MLflow; import builds one from an archive. Its metadata document,
+``mlflow-archive.json``, is versioned by ``schema_version``: readers accept any version up to
+their own and ignore keys they do not know, so newer minor additions stay readable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow_archive_plugin.errors import CorruptArchiveError
+from mlflow_archive_plugin.integrity import FileRecord
+
+METADATA_NAME = "mlflow-archive.json"
+SCHEMA_VERSION = 1
+DOCUMENT_FORMAT = "mlflow-archive"
+
+
+@dataclass
+class RegisteredModelInfo:
+    """The registered model a version belongs to; ``aliases`` maps alias to version."""
+
+    name: str
+    description: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    creation_timestamp: int | None = None
+    last_updated_timestamp: int | None = None
+
+
+@dataclass
+class ModelVersionInfo:
+    """One registered model version as the source registry had it."""
+
+    version: str
+    description: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)
+    current_stage: str | None = None
+    status: str | None = None
+    creation_timestamp: int | None = None
+    last_updated_timestamp: int | None = None
+    user_id: str | None = None
+    source: str | None = None
+    run_id: str | None = None
+    run_link: str | None = None
+
+
+@dataclass
+class LoggedModelInfo:
+    """The MLflow 3 LoggedModel; ``metrics`` are points with key, value, step, timestamp."""
+
+    model_id: str
+    name: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    model_type: str | None = None
+    status: str | None = None
+    creation_timestamp: int | None = None
+    last_updated_timestamp: int | None = None
+    experiment_id: str | None = None
+    source_run_id: str | None = None
+
+
+@dataclass
+class RunInfo:
+    """The source run; ``metrics`` maps each key to its full history of points."""
+
+    run_id: str
+    run_name: str | None = None
+    experiment_id: str | None = None
+    experiment_name: str | None = None
+    status: str | None = None
+    start_time: int | None = None
+    end_time: int | None = None
+    user_id: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass
+class Lineage:
+    """Where the model came from; every URI here has had its credentials removed."""
+
+    model_uri: str | None = None
+    source_tracking_uri: str | None = None
+    source_registry_uri: str | None = None
+    artifact_uri: str | None = None
+    exported_at: str | None = None
+    plugin_version: str | None = None
+    mlflow_version: str | None = None
+
+
+@dataclass
+class Snapshot:
+    """A model's files (``model_dir``, local) and its registry metadata."""
+
+    model_dir: Path
+    mlmodel: dict[str, Any]
+    lineage: Lineage = field(default_factory=Lineage)
+    registered_model: RegisteredModelInfo | None = None
+    model_version: ModelVersionInfo | None = None
+    logged_model: LoggedModelInfo | None = None
+    run: RunInfo | None = None
+    layout: str = "mlflow"
+    model_path: str = "model"
+    files: list[FileRecord] = field(default_factory=list)
+
+    @property
+    def display_name(self) -> str:
+        """The name a person knows the model by, for file names and messages."""
+        if self.registered_model is not None:
+            return self.registered_model.name
+        if self.logged_model is not None and self.logged_model.name:
+            return self.logged_model.name
+        return "model"
+
+    def to_document(self) -> dict[str, Any]:
+        """The ``mlflow-archive.json`` document (without the model files themselves)."""
+        return {
+            "format": DOCUMENT_FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "layout": self.layout,
+            "model_path": self.model_path,
+            "registered_model": _as_dict(self.registered_model),
+            "model_version": _as_dict(self.model_version),
+            "logged_model": _as_dict(self.logged_model),
+            "run": _as_dict(self.run),
+            "mlmodel": self.mlmodel,
+            "lineage": dataclasses.asdict(self.lineage),
+            "files": [record.to_dict() for record in self.files],
+        }
+
+    def to_json(self) -> bytes:
+        """The document as UTF-8 JSON, indented so a person can read it."""
+        return (json.dumps(self.to_document(), indent=2, default=str) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes, model_dir: Path) -> Snapshot:
+        """Parse and validate a metadata document; any defect is a one-line error."""
+        try:
+            document = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _malformed(f"not valid JSON ({exc})") from exc
+        if not isinstance(document, dict):
+            raise _malformed("the top level is not an object")
+        return cls.from_document(document, model_dir)
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any], model_dir: Path) -> Snapshot:
+        """Build a snapshot from a parsed document, checking the fields import relies on."""
+        version = document.get("schema_version")
+        if document.get("format") != DOCUMENT_FORMAT or not isinstance(version, int):
+            raise _malformed("'format' or 'schema_version' is missing")
+        if version > SCHEMA_VERSION:
+            raise CorruptArchiveError(
+                f"{METADATA_NAME} has schema_version {version}, newer than this plugin reads "
+                f"({SCHEMA_VERSION}); upgrade mlflow-archive-plugin"
+            )
+        mlmodel = document.get("mlmodel")
+        if not isinstance(mlmodel, dict):
+            raise _malformed("'mlmodel' is missing or not an object")
+        model_path = document.get("model_path", "model")
+        if not isinstance(model_path, str) or not model_path:
+            raise _malformed("'model_path' is not a path")
+        try:
+            files = [FileRecord(str(f["path"]), int(f["size"]), str(f["sha256"]))
+                     for f in document.get("files", [])]
+            return cls(
+                model_dir=model_dir,
+                mlmodel=mlmodel,
+                lineage=_build(Lineage, document.get("lineage")) or Lineage(),
+                registered_model=_build(RegisteredModelInfo, document.get("registered_model")),
+                model_version=_build(ModelVersionInfo, document.get("model_version")),
+                logged_model=_build(LoggedModelInfo, document.get("logged_model")),
+                run=_build(RunInfo, document.get("run")),
+                layout=str(document.get("layout", "mlflow")),
+                model_path=model_path,
+                files=files,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _malformed(f"a field has the wrong shape ({exc})") from exc
+
+
+def _as_dict(section: Any) -> dict[str, Any] | None:
+    return None if section is None else dataclasses.asdict(section)
+
+
+def _build(cls: type, data: Any) -> Any:
+    """An instance of the dataclass ``cls`` from ``data``, ignoring unknown keys."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} section is not an object")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values = {key: value for key, value in data.items() if key in known}
+    for key, spec in known.items():
+        value = values.get(key)
+        if value is None:
+            continue
+        expected = _container_type(spec.type)
+        if expected is not None and not isinstance(value, expected):
+            raise TypeError(f"{cls.__name__}.{key} should be a {expected.__name__}")
+    return cls(**values)
+
+
+def _container_type(annotation: Any) -> type | None:
+    text = str(annotation)
+    if text.startswith("dict"):
+        return dict
+    if text.startswith("list"):
+        return list
+    return None
+
+
+def _malformed(reason: str) -> CorruptArchiveError:
+    return CorruptArchiveError(
+        f"{METADATA_NAME} is malformed: {reason}; the archive is damaged or not from this plugin"
+    )

@@ -1,0 +1,103 @@
+"""Talking to a tracking server or registry: one client, a fast reachability check, one-line errors.
+
+MLflow's REST client retries a dead server for minutes; a short probe first lets a wrong
+``--tracking-uri`` fail in seconds with a message that says what to check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import mlflow
+import requests
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
+
+from mlflow_archive_plugin.errors import ModelNotFoundError, TrackingServerError
+
+_SECRET_QUERY_KEYS = re.compile(r"pass|secret|token|key|sig|credential|auth", re.IGNORECASE)
+_PROBE_TIMEOUT_SECONDS = 10
+
+
+def redact_uri(uri: str | None) -> str | None:
+    """``uri`` without user name, password, or secret-looking query parameters."""
+    if not uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in pairs if not _SECRET_QUERY_KEYS.search(k)]
+    if "@" not in parts.netloc and len(kept) == len(pairs):
+        return uri  # nothing to remove; rebuilding would turn sqlite:/// into sqlite:/
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(kept), parts.fragment))
+
+
+def resolve_tracking_uri(tracking_uri: str | None) -> str:
+    """The tracking URI to use: the one given, else MLflow's own default resolution."""
+    return tracking_uri or mlflow.get_tracking_uri()
+
+
+def connect(tracking_uri: str | None, registry_uri: str | None = None) -> MlflowClient:
+    """A client for the given (or default) tracking URI, after checking the server answers."""
+    uri = resolve_tracking_uri(tracking_uri)
+    probe(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=registry_uri or uri)
+
+
+def probe(uri: str) -> None:
+    """Fail fast with one line if an HTTP tracking server cannot be reached at all."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=_PROBE_TIMEOUT_SECONDS)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        raise TrackingServerError(
+            f"cannot reach the tracking server at {redact_uri(uri)} ({reason}); "
+            "check --tracking-uri and that the server is running"
+        ) from exc
+
+
+def error_code(exc: MlflowException) -> str:
+    """The symbolic error code of an MLflow exception (``RESOURCE_DOES_NOT_EXIST``, ...)."""
+    return exc.error_code if isinstance(exc.error_code, str) else ErrorCode.Name(exc.error_code)
+
+
+def is_missing(exc: MlflowException) -> bool:
+    """Whether MLflow said the thing asked for does not exist."""
+    return error_code(exc) == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+
+
+def is_duplicate(exc: MlflowException) -> bool:
+    """Whether MLflow said the thing to create already exists."""
+    return error_code(exc) == ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def mlflow_errors(action: str) -> Iterator[None]:
+    """Turn MLflow and HTTP failures during ``action`` into one-line plugin errors."""
+    try:
+        yield
+    except MlflowException as exc:
+        if is_missing(exc):
+            raise ModelNotFoundError(f"{action}: {first_line(exc)}") from exc
+        raise TrackingServerError(f"{action}: {first_line(exc)}") from exc
+    except requests.RequestException as exc:
+        raise TrackingServerError(f"{action}: {first_line(exc)}") from exc
