@@ -125,10 +125,11 @@ def scan_archive(
     with open_source(location) as (container, source):
         scanned = Scanned(container)
         total = _source_size(location, container)
-        with (
-            progress.byte_progress(total, "read", show_progress) as on_bytes,
-            open_reader(container, source) as reader,
-        ):
+        try:
+            reader = open_reader(container, source)
+        except CorruptArchiveError as exc:
+            raise CorruptArchiveError(f"{location.url}: {exc}") from exc
+        with progress.byte_progress(total, "read", show_progress) as on_bytes, reader:
             try:
                 _scan_entries(reader.entries(), scanned, extract_to, keep_going, on_bytes)
             except CorruptArchiveError as exc:

@@ -25,6 +25,7 @@ from mlflow_archive_plugin.containers import detect_container
 from mlflow_archive_plugin.errors import (
     ArchiveError,
     DestinationExistsError,
+    NotAnArchiveError,
     SourceNotFoundError,
     UnsupportedError,
 )
@@ -187,4 +188,8 @@ def open_source(location: Location) -> Iterator[tuple[str, BinaryIO | Path]]:
     with handle:
         head = handle.read(512)
         handle.seek(0)
-        yield detect_container(head), handle
+        try:
+            container = detect_container(head)
+        except NotAnArchiveError as exc:
+            raise NotAnArchiveError(f"{location.url} is {exc}") from exc
+        yield container, handle

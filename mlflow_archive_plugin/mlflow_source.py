@@ -51,8 +51,10 @@ def read_model(
     with mlflow_errors(f"cannot read {model_uri}"):
         version, logged, files_uri = _resolve(client, model_uri)
         registered = _registered_model(client, version.name) if version is not None else None
-        run_id = (version.run_id if version is not None else None) or (
-            logged.source_run_id if logged is not None else None
+        run_id = (
+            (version.run_id if version is not None else None)
+            or (logged.source_run_id if logged is not None else None)
+            or ((match := _RUNS.match(model_uri)) and match.group(1))
         )
         run = _run(client, run_id) if run_id else None
         model_dir = _download(files_uri, download_dir, tracking_uri, registry_uri)
