@@ -7,13 +7,21 @@ anything is written) -> files hashed as they stream -> checksums compared -> lay
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlflow_archive_plugin import progress
 from mlflow_archive_plugin.containers import Container, open_reader
-from mlflow_archive_plugin.containers.base import collision_key
-from mlflow_archive_plugin.errors import CorruptArchiveError, IntegrityError, UnsafeArchiveError
+from mlflow_archive_plugin.containers.base import collision_key, safe_entry_name
+from mlflow_archive_plugin.errors import (
+    CorruptArchiveError,
+    IntegrityError,
+    UnsafeArchiveError,
+    UnsupportedError,
+)
 from mlflow_archive_plugin.integrity import (
     CHECKSUM_NAME,
     FileRecord,
@@ -82,6 +90,7 @@ def write_archive(
 ) -> Written:
     """Write ``snapshot`` as ``layout`` in ``container`` at ``location``, atomically."""
     entries = layout.plan(snapshot)
+    _check_portable_names(entry.arcname for entry in entries)
     total = sum(entry.source.stat().st_size for entry in entries if entry.source is not None)
     publisher = publish_folder if container.is_folder else publish_file
     with (
@@ -105,6 +114,19 @@ def write_archive(
     return Written(records, content_digest(checksums), size, sha256)
 
 
+def _check_portable_names(names) -> None:
+    """Refuse, before writing, a model file name that readers would reject or misread."""
+    for name in names:
+        try:
+            if any(char in name for char in "\n\r"):
+                raise UnsafeArchiveError("line break in name")
+            safe_entry_name(name)
+        except UnsafeArchiveError as exc:
+            raise UnsupportedError(
+                f"cannot archive model file {name!r}: its name is not portable ({exc}); rename it"
+            ) from exc
+
+
 def _measure(location: Location) -> tuple[int, str]:
     with location.fs.open(location.path, "rb") as handle:
         return hash_stream(handle)
@@ -117,11 +139,29 @@ def scan_archive(
     keep_going: bool = False,
     show_progress: bool | None = None,
 ) -> Scanned:
-    """Read every entry once, hashing it and (with ``extract_to``) writing it under that folder.
+    """Read every entry once, hashing it and (with ``extract_to``) extracting it there.
 
-    Unsafe entries are refused before any file is written. With ``keep_going`` a damaged
-    entry is recorded as a problem and reading goes on where the container allows it.
+    Entries are extracted into a hidden staging folder inside ``extract_to`` and moved into
+    place only once the whole archive has been read, so a refused or damaged archive leaves
+    ``extract_to`` as it was. With ``keep_going`` a damaged entry is recorded as a problem and
+    reading goes on where the container allows it.
     """
+    staging = None
+    if extract_to is not None:
+        staging = extract_to / f".staging-{uuid.uuid4().hex[:12]}"
+        staging.mkdir()
+    try:
+        scanned = _scan(location, staging, keep_going, show_progress)
+        if staging is not None:
+            for child in staging.iterdir():
+                child.rename(extract_to / child.name)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return scanned
+
+
+def _scan(location: Location, staging: Path | None, keep_going: bool, show_progress) -> Scanned:
     with open_source(location) as (container, source):
         scanned = Scanned(container)
         total = _source_size(location, container)
@@ -131,7 +171,7 @@ def scan_archive(
             raise CorruptArchiveError(f"{location.url}: {exc}") from exc
         with progress.byte_progress(total, "read", show_progress) as on_bytes, reader:
             try:
-                _scan_entries(reader.entries(), scanned, extract_to, keep_going, on_bytes)
+                _scan_entries(reader.entries(), scanned, staging, keep_going, on_bytes)
             except CorruptArchiveError as exc:
                 if not keep_going:
                     raise
@@ -139,17 +179,39 @@ def scan_archive(
     return scanned
 
 
-def _scan_entries(entries, scanned: Scanned, extract_to, keep_going, on_bytes) -> None:
-    seen: dict[str, str] = {}
-    for name, stream in entries:
+class _NameGuard:
+    """Refuses names that would land on the same file, or on a file and a folder at once."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, str] = {}
+        self._folders: dict[str, str] = {}
+
+    def admit(self, name: str) -> None:
         key = collision_key(name)
-        if key in seen:
-            raise UnsafeArchiveError(
-                f"refused archive entry {name!r}: same file as {seen[key]!r}; the archive is unsafe"
-            )
-        seen[key] = name
+        if key in self._files:
+            self._refuse(name, f"same file as {self._files[key]!r}")
+        if key in self._folders:
+            self._refuse(name, f"{self._folders[key]!r} is also a folder")
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            folder_key = collision_key(folder)
+            if folder_key in self._files:
+                self._refuse(name, f"{self._files[folder_key]!r} is also a file")
+            self._folders.setdefault(folder_key, folder)
+        self._files[key] = name
+
+    @staticmethod
+    def _refuse(name: str, reason: str) -> None:
+        raise UnsafeArchiveError(f"refused archive entry {name!r}: {reason}; the archive is unsafe")
+
+
+def _scan_entries(entries, scanned: Scanned, staging, keep_going, on_bytes) -> None:
+    guard = _NameGuard()
+    for name, stream in entries:
+        guard.admit(name)
         try:
-            record, captured = _consume(name, stream, extract_to, on_bytes)
+            record, captured = _consume(name, stream, staging, on_bytes)
         except CorruptArchiveError as exc:
             if not keep_going or scanned.container != "zip":
                 raise
@@ -160,20 +222,14 @@ def _scan_entries(entries, scanned: Scanned, extract_to, keep_going, on_bytes) -
             scanned.captured[name] = captured
 
 
-def _consume(name: str, stream, extract_to: Path | None, on_bytes) -> tuple[FileRecord, bytes]:
-    """Hash one entry (writing it under ``extract_to`` if given); small documents are kept."""
-    if extract_to is None:
+def _consume(name: str, stream, staging: Path | None, on_bytes) -> tuple[FileRecord, bytes]:
+    """Hash one entry (writing it under ``staging`` if given); small documents are kept."""
+    sink: Any
+    if staging is None:
         sink = _MemorySink() if name in _CAPTURED else _NullSink()
         size, digest = copy_and_hash(stream, sink, on_bytes)
         return FileRecord(name, size, digest), sink.getvalue()
-    target = extract_to / name
-    for parent in reversed(target.relative_to(extract_to).parents):
-        folder = extract_to / parent
-        if folder.exists() and not folder.is_dir():
-            raise UnsafeArchiveError(
-                f"refused archive entry {name!r}: {parent.as_posix()!r} is also a file; "
-                "the archive is unsafe"
-            )
+    target = staging / name
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("xb") as sink:
         size, digest = copy_and_hash(stream, sink, on_bytes)

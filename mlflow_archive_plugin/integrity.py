@@ -69,7 +69,7 @@ def render_checksums(records: Iterable[FileRecord]) -> bytes:
     """``checksum.txt`` for ``records``: one ``<sha256>  <path>`` line each, sorted by path."""
     lines = []
     for record in sorted(records, key=lambda r: r.path):
-        if "\n" in record.path or "\\" in record.path:
+        if any(char in record.path for char in "\n\r\\"):
             # sha256sum escapes such names, which other readers do not undo; refuse them.
             raise CorruptArchiveError(
                 f"file name {record.path!r} cannot be listed in {CHECKSUM_NAME}; rename it"
@@ -87,7 +87,9 @@ def parse_checksums(data: bytes) -> dict[str, str]:
             f"{CHECKSUM_NAME} is not UTF-8 text; the archive is damaged"
         ) from exc
     result: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: file names may hold other characters str.splitlines() splits on.
+    for number, raw_line in enumerate(text.split("\n"), start=1):
+        line = raw_line.removesuffix("\r")
         if not line.strip():
             continue
         match = _LINE.match(line)

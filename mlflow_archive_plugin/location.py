@@ -97,13 +97,20 @@ def _temporary_sibling(path: str) -> str:
 
 def _replace_local(tmp: str, final: str) -> None:
     """Move ``tmp`` over ``final``, which may be an existing file or folder (force)."""
-    if os.path.isdir(final) and not os.path.islink(final):
-        doomed = _temporary_sibling(final)
-        os.replace(final, doomed)
+    if not os.path.lexists(final):
         os.replace(tmp, final)
+        return
+    doomed = _temporary_sibling(final)
+    os.replace(final, doomed)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        os.replace(doomed, final)
+        raise
+    if os.path.isdir(doomed) and not os.path.islink(doomed):
         shutil.rmtree(doomed, ignore_errors=True)
     else:
-        os.replace(tmp, final)
+        os.unlink(doomed)
 
 
 @contextlib.contextmanager

@@ -157,8 +157,10 @@ class Snapshot:
     def from_document(cls, document: dict[str, Any], model_dir: Path) -> Snapshot:
         """Build a snapshot from a parsed document, checking the fields import relies on."""
         version = document.get("schema_version")
-        if document.get("format") != DOCUMENT_FORMAT or not isinstance(version, int):
-            raise _malformed("'format' or 'schema_version' is missing")
+        if document.get("format") != DOCUMENT_FORMAT:
+            raise _malformed(f"'format' is not {DOCUMENT_FORMAT!r}")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise _malformed("'schema_version' is not a positive integer")
         if version > SCHEMA_VERSION:
             raise CorruptArchiveError(
                 f"{METADATA_NAME} has schema_version {version}, newer than this plugin reads "

@@ -98,6 +98,8 @@ class TarReader(ContainerReader):
                 raise CorruptArchiveError(
                     f"the tar archive is truncated or damaged ({exc}); export it again"
                 ) from exc
+            if member.isdir() and member.name.strip("/") in ("", "."):
+                continue  # the "./" entry GNU tar writes for the archive root
             name = safe_entry_name(member.name)
             if member.isdir():
                 continue

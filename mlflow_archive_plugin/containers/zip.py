@@ -78,11 +78,13 @@ class ZipReader(ContainerReader):
 
     def entries(self) -> Iterator[tuple[str, BinaryIO]]:
         for info in self._zip.infolist():
+            # zipfile cuts filename at a NUL byte; orig_filename keeps what the archive says.
+            raw = info.orig_filename
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise UnsafeArchiveError(
-                    f"refused archive entry {info.filename!r}: symbolic link; the archive is unsafe"
+                    f"refused archive entry {raw!r}: symbolic link; the archive is unsafe"
                 )
-            name = safe_entry_name(info.filename)
+            name = safe_entry_name(raw)
             if info.is_dir():
                 continue
             try:
