@@ -57,6 +57,11 @@ def read_model(
             or ((match := _RUNS.match(model_uri)) and match.group(1))
         )
         run = _run(client, run_id) if run_id else None
+        if logged is not None and run is not None:
+            logged_info = _logged_info(logged)
+            logged_info.run_output_step = _output_step(client, run.run_id, logged.model_id)
+        else:
+            logged_info = _logged_info(logged) if logged is not None else None
         model_dir = _download(files_uri, download_dir, tracking_uri, registry_uri)
     return Snapshot(
         model_dir=model_dir,
@@ -74,7 +79,7 @@ def read_model(
         ),
         registered_model=registered,
         model_version=_version_info(version) if version is not None else None,
-        logged_model=_logged_info(logged) if logged is not None else None,
+        logged_model=logged_info,
         run=run,
     )
 
@@ -184,6 +189,15 @@ def _logged_info(logged) -> LoggedModelInfo:
         experiment_id=logged.experiment_id,
         source_run_id=logged.source_run_id,
     )
+
+
+def _output_step(client: MlflowClient, run_id: str, model_id: str) -> int | None:
+    """The step at which the run recorded the model as an output, if it did."""
+    outputs = client.get_run(run_id).outputs
+    for output in (outputs.model_outputs if outputs else None) or []:
+        if output.model_id == model_id:
+            return output.step
+    return None
 
 
 def _metric_point(metric) -> dict:

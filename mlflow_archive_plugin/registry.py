@@ -9,12 +9,13 @@ ids) is kept in ``mlflow_archive.source.*`` tags.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import LoggedModelOutput, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
@@ -32,7 +33,8 @@ SOURCE_PREFIX = "mlflow_archive.source."
 ON_EXISTS_CHOICES = ("reuse", "new", "fail")
 _TERMINAL_STATUSES = {"FINISHED", "FAILED", "KILLED"}
 # Tags MLflow maintains itself on the target; copying the source's values would be wrong there.
-_MLFLOW_MANAGED_TAGS = {"mlflow.modelVersions"}
+MLFLOW_MODEL_VERSIONS = "mlflow.modelVersions"
+_MLFLOW_MANAGED_TAGS = {MLFLOW_MODEL_VERSIONS}
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 
@@ -131,6 +133,11 @@ def _create_all(client, created, snapshot, digest, target, experiment, aliases) 
         model_id=model_id,
     )
     created.version = (target, str(version.version))
+    # What mlflow.register_model does and a bare create_model_version does not: the model's
+    # page lists the versions made from it.
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+        [{"name": target, "version": int(version.version)}]
+    )})
     if aliases and snapshot.model_version is not None:
         for alias in snapshot.model_version.aliases:
             client.set_registered_model_alias(target, alias, str(version.version))
@@ -246,6 +253,8 @@ def _create_logged_model(client, created: _Created, snapshot: Snapshot, experime
         model_type=logged.model_type if logged else None,
     )
     created.model_id = model.model_id
+    if run_id is not None and logged is not None and logged.run_output_step is not None:
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, logged.run_output_step)])
     return model.model_id
 
 

@@ -66,6 +66,7 @@ class LoggedModelInfo:
     last_updated_timestamp: int | None = None
     experiment_id: str | None = None
     source_run_id: str | None = None
+    run_output_step: int | None = None
 
 
 @dataclass
