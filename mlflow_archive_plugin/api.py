@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_archive_plugin.archive import (
+    ReadLimits,
     metadata_problems,
     read_snapshot,
     scan_archive,
@@ -154,6 +155,7 @@ def import_archive(
     registry_uri: str | None = None,
     storage_options: dict | None = None,
     progress: bool | None = None,
+    limits: ReadLimits | None = None,
 ) -> ImportResult:
     """Register the model in the archive at ``source`` as a new model version.
 
@@ -161,12 +163,13 @@ def import_archive(
     ``checksum.txt`` before anything is created. Importing the same archive again returns
     the version made the first time (``on_exists="reuse"``); ``"new"`` registers another,
     ``"fail"`` raises :class:`~mlflow_archive_plugin.errors.VersionExistsError`.
+    ``limits`` bounds what reading may produce (see :class:`ReadLimits`).
     """
     probe(resolve_tracking_uri(tracking_uri))
     location = resolve(source, storage_options)
     with tempfile.TemporaryDirectory(prefix="mlflow-archive-import-") as scratch:
         root = Path(scratch)
-        scanned = scan_archive(location, extract_to=root, show_progress=progress)
+        scanned = scan_archive(location, extract_to=root, show_progress=progress, limits=limits)
         snapshot = read_snapshot(root, scanned)
         problems = metadata_problems(snapshot, scanned)
         if problems:
@@ -194,11 +197,14 @@ def import_archive(
 
 
 def inspect_archive(
-    source: str | os.PathLike, *, storage_options: dict | None = None
+    source: str | os.PathLike,
+    *,
+    storage_options: dict | None = None,
+    limits: ReadLimits | None = None,
 ) -> ArchiveInfo:
     """Describe the archive at ``source``: layout, container, metadata, files and problems."""
     location = resolve(source, storage_options)
-    scanned = scan_archive(location, keep_going=True, show_progress=False)
+    scanned = scan_archive(location, keep_going=True, show_progress=False, limits=limits)
     metadata = _parse_metadata(scanned.captured.get(METADATA_NAME))
     return ArchiveInfo(
         location=location.url,
@@ -212,12 +218,16 @@ def inspect_archive(
 
 
 def verify_archive(
-    source: str | os.PathLike, *, storage_options: dict | None = None, progress: bool | None = None
+    source: str | os.PathLike,
+    *,
+    storage_options: dict | None = None,
+    progress: bool | None = None,
+    limits: ReadLimits | None = None,
 ) -> VerifyReport:
     """Check every file of the archive at ``source`` against ``checksum.txt``, reporting all
     problems at once rather than stopping at the first."""
     location = resolve(source, storage_options)
-    scanned = scan_archive(location, keep_going=True, show_progress=progress)
+    scanned = scan_archive(location, keep_going=True, show_progress=progress, limits=limits)
     problems = scanned.integrity_problems()
     raw = scanned.captured.get(METADATA_NAME)
     if raw is not None:

@@ -79,6 +79,63 @@ class Scanned:
         ]
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds on what reading one archive may produce, against compression bombs and floods.
+
+    Counted on the bytes actually produced while reading, never on sizes headers claim. The
+    defaults are far beyond any real model: 100,000 files, 2 TiB in all, and 1,000 bytes out
+    per byte of archive (real weights barely compress; bombs expand by millions).
+    """
+
+    max_members: int = 100_000
+    max_total_bytes: int = 2 * 1024**4
+    max_ratio: float = 1000.0
+
+    # An archive of a few kilobytes may legitimately expand past the ratio (tiny text files
+    # in a tar's 10 KiB of padding): allow this much before the ratio applies.
+    ratio_floor_bytes: int = 64 * 1024**2
+
+
+class _Budget:
+    """Counts files and bytes as they are produced and refuses past the limits."""
+
+    def __init__(self, limits: ReadLimits, archive_size: int | None, on_bytes) -> None:
+        self._limits = limits
+        self._on_bytes = on_bytes
+        self.members = 0
+        self.produced = 0
+        self.entry = ""
+        ratio_cap = None
+        if archive_size is not None:
+            ratio_cap = max(limits.ratio_floor_bytes, int(limits.max_ratio * archive_size))
+        self._cap = min(limits.max_total_bytes, ratio_cap or limits.max_total_bytes)
+        self._by_ratio = ratio_cap is not None and ratio_cap < limits.max_total_bytes
+
+    def start(self, name: str) -> None:
+        self.entry = name
+        self.members += 1
+        if self.members > self._limits.max_members:
+            _refuse(name, f"more than {self._limits.max_members} files "
+                          "(raise the limit with --max-members if you trust the archive)")
+
+    def __call__(self, count: int) -> None:
+        self.produced += count
+        if self.produced > self._cap:
+            if self._by_ratio:
+                _refuse(self.entry, f"the archive expands to more than {self._limits.max_ratio:g} "
+                                    "times its size, like a compression bomb "
+                                    "(raise --max-ratio if you trust the archive)")
+            _refuse(self.entry, f"the archive holds more than {self._limits.max_total_bytes} "
+                                "bytes (raise --max-size if you trust the archive)")
+        if self._on_bytes is not None:
+            self._on_bytes(count)
+
+
+def _refuse(name: str, reason: str) -> None:
+    raise UnsafeArchiveError(f"refused archive entry {name!r}: {reason}")
+
+
 def write_archive(
     snapshot: Snapshot,
     layout: Layout,
@@ -138,6 +195,7 @@ def scan_archive(
     extract_to: Path | None = None,
     keep_going: bool = False,
     show_progress: bool | None = None,
+    limits: ReadLimits | None = None,
 ) -> Scanned:
     """Read every entry once, hashing it and (with ``extract_to``) extracting it there.
 
@@ -151,7 +209,7 @@ def scan_archive(
         staging = extract_to / f".staging-{uuid.uuid4().hex[:12]}"
         staging.mkdir()
     try:
-        scanned = _scan(location, staging, keep_going, show_progress)
+        scanned = _scan(location, staging, keep_going, show_progress, limits or ReadLimits())
         if staging is not None:
             for child in staging.iterdir():
                 child.rename(extract_to / child.name)
@@ -161,17 +219,21 @@ def scan_archive(
     return scanned
 
 
-def _scan(location: Location, staging: Path | None, keep_going: bool, show_progress) -> Scanned:
+def _scan(location: Location, staging: Path | None, keep_going: bool, show_progress,
+          limits: ReadLimits) -> Scanned:
     with open_source(location) as (container, source):
         scanned = Scanned(container)
-        total = _source_size(location, container)
+        archive_size = _source_size(location, container)
+        # Produced bytes match the archive's size only for an uncompressed tar.
+        total = archive_size if container == "tar" else None
         try:
             reader = open_reader(container, source)
         except CorruptArchiveError as exc:
             raise CorruptArchiveError(f"{location.url}: {exc}") from exc
         with progress.byte_progress(total, "read", show_progress) as on_bytes, reader:
+            budget = _Budget(limits, archive_size, on_bytes)
             try:
-                _scan_entries(reader.entries(), scanned, staging, keep_going, on_bytes)
+                _scan_entries(reader.entries(), scanned, staging, keep_going, budget)
             except CorruptArchiveError as exc:
                 if not keep_going:
                     raise
@@ -206,12 +268,13 @@ class _NameGuard:
         raise UnsafeArchiveError(f"refused archive entry {name!r}: {reason}; the archive is unsafe")
 
 
-def _scan_entries(entries, scanned: Scanned, staging, keep_going, on_bytes) -> None:
+def _scan_entries(entries, scanned: Scanned, staging, keep_going, budget: _Budget) -> None:
     guard = _NameGuard()
     for name, stream in entries:
+        budget.start(name)
         guard.admit(name)
         try:
-            record, captured = _consume(name, stream, staging, on_bytes)
+            record, captured = _consume(name, stream, staging, budget)
         except CorruptArchiveError as exc:
             if not keep_going or scanned.container != "zip":
                 raise

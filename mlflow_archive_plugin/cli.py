@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from mlflow_archive_plugin import api
+from mlflow_archive_plugin.archive import ReadLimits
 from mlflow_archive_plugin.containers import CONTAINERS
 from mlflow_archive_plugin.errors import ArchiveError
 from mlflow_archive_plugin.layouts import LAYOUTS
@@ -86,6 +87,42 @@ def cli(verbose: bool) -> None:
     _quiet_mlflow(verbose)
 
 
+_SIZE_SUFFIXES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+class _Size(click.ParamType):
+    """A byte count with an optional K, M, G or T suffix (powers of 1024)."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        suffix = text[-1:] if text[-1:] in _SIZE_SUFFIXES else ""
+        try:
+            return int(float(text.removesuffix(suffix)) * _SIZE_SUFFIXES[suffix])
+        except ValueError:
+            self.fail(f"{value!r} is not a size such as 500M or 2T", param, ctx)
+
+
+def _limit_options(command):
+    """--max-members, --max-size and --max-ratio, for every command that reads archives."""
+    defaults = ReadLimits()
+    command = click.option("--max-ratio", type=float, default=defaults.max_ratio,
+                           show_default=True,
+                           help="Refuse archives that expand more than this many times.")(command)
+    command = click.option("--max-size", type=_Size(), default=defaults.max_total_bytes,
+                           help="Refuse archives holding more than this (e.g. 500G; "
+                                "default 2T).")(command)
+    return click.option("--max-members", type=int, default=defaults.max_members,
+                        show_default=True, help="Refuse archives with more files.")(command)
+
+
+def _limits(max_members: int, max_size: int, max_ratio: float) -> ReadLimits:
+    return ReadLimits(max_members=max_members, max_total_bytes=max_size, max_ratio=max_ratio)
+
+
 def _progress(quiet: bool) -> bool | None:
     return False if quiet else None
 
@@ -126,11 +163,14 @@ def export_command(model_uri, dest, fmt, container, force, tracking_uri, as_json
 @click.option("--tracking-uri", help=_TRACKING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def import_command(source, name, experiment, on_exists, no_aliases, tracking_uri, as_json, quiet):
+@_limit_options
+def import_command(source, name, experiment, on_exists, no_aliases, tracking_uri, as_json, quiet,
+                   max_members, max_size, max_ratio):
     """Verify the archive at SOURCE and register it as a model version."""
     result = api.import_archive(source, name=name, experiment=experiment, on_exists=on_exists,
                                 aliases=not no_aliases, tracking_uri=tracking_uri,
-                                progress=_progress(quiet))
+                                progress=_progress(quiet),
+                                limits=_limits(max_members, max_size, max_ratio))
     data = {key: getattr(result, key) for key in ("name", "version", "model_uri", "reused")}
     verb = "already imported as" if result.reused else "registered"
     _emit(as_json, data, [f"{verb} {result.model_uri}"])
@@ -139,9 +179,10 @@ def import_command(source, name, experiment, on_exists, no_aliases, tracking_uri
 @cli.command("inspect")
 @click.argument("source")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def inspect_command(source, as_json):
+@_limit_options
+def inspect_command(source, as_json, max_members, max_size, max_ratio):
     """Show what the archive at SOURCE holds, without extracting it."""
-    info = api.inspect_archive(source)
+    info = api.inspect_archive(source, limits=_limits(max_members, max_size, max_ratio))
     meta = info.metadata or {}
     registered = meta.get("registered_model") or {}
     version = meta.get("model_version") or {}
@@ -165,9 +206,11 @@ def inspect_command(source, as_json):
 @click.argument("source")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def verify_command(source, as_json, quiet):
+@_limit_options
+def verify_command(source, as_json, quiet, max_members, max_size, max_ratio):
     """Check every file of the archive at SOURCE against its checksum.txt."""
-    report = api.verify_archive(source, progress=_progress(quiet))
+    report = api.verify_archive(source, progress=_progress(quiet),
+                                limits=_limits(max_members, max_size, max_ratio))
     if as_json:
         _emit(True, report.to_dict(), [])
     elif report.ok:
