@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlflow_archive_plugin.archive import (
     ReadLimits,
+    Scanned,
     metadata_problems,
     read_snapshot,
     scan_archive,
     write_archive,
 )
 from mlflow_archive_plugin.containers import get_container
-from mlflow_archive_plugin.errors import CorruptArchiveError, IntegrityError, UnsupportedError
+from mlflow_archive_plugin.errors import (
+    CorruptArchiveError,
+    IntegrityError,
+    SignatureError,
+    UnsupportedError,
+)
 from mlflow_archive_plugin.integrity import CHECKSUM_NAME
-from mlflow_archive_plugin.layouts import get_layout
+from mlflow_archive_plugin.layouts import Entry, get_layout
 from mlflow_archive_plugin.location import is_folder_target, refuse_existing, resolve
 from mlflow_archive_plugin.mlflow_source import read_model
 from mlflow_archive_plugin.registry import register
+from mlflow_archive_plugin.scanning import SCAN_MODES, enforce, scan_pickles
+from mlflow_archive_plugin.signing import SIGNATURE_NAME, sign_model_dir, verify_model_dir
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 from mlflow_archive_plugin.tracking import probe, resolve_tracking_uri
 
@@ -63,6 +73,7 @@ class ImportResult(_Result):
     run_id: str | None
     model_id: str | None
     digest: str
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -76,6 +87,8 @@ class ArchiveInfo(_Result):
     files: list[dict[str, Any]]
     digest: str | None
     problems: list[str] = field(default_factory=list)
+    signed: bool = False
+    pickles: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -100,6 +113,7 @@ def export_model(
     registry_uri: str | None = None,
     storage_options: dict | None = None,
     progress: bool | None = None,
+    sign_key: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Export the model at ``model_uri`` as an archive at ``dest``.
 
@@ -107,7 +121,9 @@ def export_model(
     ``models:/<name>@<alias>``, ``models:/m-<id>``, ``runs:/<run>/<name>``). ``dest`` is a
     file path or fsspec URL, or a folder in which a name is derived from the model's name and
     version; it defaults to the working directory. An existing file is replaced only with
-    ``force``; the archive appears there only once complete.
+    ``force``; the archive appears there only once complete. With ``sign_key`` (a PEM
+    elliptic-curve private key) the model files are signed with OpenSSF model-signing and the
+    signature travels as ``model.sig`` at the archive root.
     """
     layout = get_layout(format)
     chosen = get_container(container or layout.default_container)
@@ -122,13 +138,20 @@ def export_model(
     if not into_folder:
         refuse_existing(location, force)  # before any download, not after
     with tempfile.TemporaryDirectory(prefix="mlflow-archive-export-") as scratch:
+        download = Path(scratch, "download")
+        download.mkdir()
         snapshot = read_model(
-            model_uri, Path(scratch), tracking_uri=tracking_uri, registry_uri=registry_uri
+            model_uri, download, tracking_uri=tracking_uri, registry_uri=registry_uri
         )
+        extra: tuple[Entry, ...] = ()
+        if sign_key is not None:
+            signature = Path(scratch) / SIGNATURE_NAME
+            sign_model_dir(snapshot.model_dir, Path(sign_key), signature)
+            extra = (Entry(SIGNATURE_NAME, source=signature),)
         if into_folder:
             location = location.child(layout.file_stem(snapshot) + chosen.extension)
         written = write_archive(
-            snapshot, layout, chosen, location, force=force, show_progress=progress
+            snapshot, layout, chosen, location, force=force, show_progress=progress, extra=extra
         )
     version = snapshot.model_version
     return ExportResult(
@@ -156,24 +179,33 @@ def import_archive(
     storage_options: dict | None = None,
     progress: bool | None = None,
     limits: ReadLimits | None = None,
+    verify_key: str | os.PathLike | None = None,
+    scan: str = "warn",
 ) -> ImportResult:
     """Register the model in the archive at ``source`` as a new model version.
 
     The archive is extracted into a fresh temporary folder and verified against its
-    ``checksum.txt`` before anything is created. Importing the same archive again returns
-    the version made the first time (``on_exists="reuse"``); ``"new"`` registers another,
-    ``"fail"`` raises :class:`~mlflow_archive_plugin.errors.VersionExistsError`.
-    ``limits`` bounds what reading may produce (see :class:`ReadLimits`).
+    ``checksum.txt`` (and, with ``verify_key``, its model-signing signature) before anything
+    is created. Pickle files are listed with the globals they import; ``scan="strict"``
+    refuses dangerous or unknown ones, ``"warn"`` reports them in ``warnings``. Nothing in
+    the archive is unpickled or run. Importing the same archive again returns the version
+    made the first time (``on_exists="reuse"``); ``"new"`` registers another, ``"fail"``
+    raises :class:`~mlflow_archive_plugin.errors.VersionExistsError`. ``limits`` bounds what
+    reading may produce (see :class:`ReadLimits`).
     """
+    if scan not in SCAN_MODES:
+        choices = ", ".join(SCAN_MODES)
+        raise UnsupportedError(f"unknown scan mode {scan!r}; choose one of: {choices}")
     probe(resolve_tracking_uri(tracking_uri))
     location = resolve(source, storage_options)
-    with tempfile.TemporaryDirectory(prefix="mlflow-archive-import-") as scratch:
-        root = Path(scratch)
-        scanned = scan_archive(location, extract_to=root, show_progress=progress, limits=limits)
+    with _extracted(location, progress, limits, keep_going=False) as (root, scanned):
         snapshot = read_snapshot(root, scanned)
         problems = metadata_problems(snapshot, scanned)
         if problems:
             raise IntegrityError(f"archive failed verification: {problems[0]}", problems)
+        if verify_key is not None:
+            verify_model_dir(snapshot.model_dir, root / SIGNATURE_NAME, Path(verify_key))
+        warnings = enforce(scan_pickles(root), scan)
         digest = scanned.digest or ""
         registered = register(
             snapshot,
@@ -193,7 +225,18 @@ def import_archive(
         run_id=registered.run_id,
         model_id=registered.model_id,
         digest=digest,
+        warnings=warnings,
     )
+
+
+@contextlib.contextmanager
+def _extracted(location, progress, limits, *, keep_going: bool) -> Iterator[tuple[Path, Scanned]]:
+    """The archive extracted (safely, staged) into a temporary folder removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="mlflow-archive-") as scratch:
+        root = Path(scratch)
+        scanned = scan_archive(location, extract_to=root, keep_going=keep_going,
+                               show_progress=progress, limits=limits)
+        yield root, scanned
 
 
 def inspect_archive(
@@ -202,9 +245,11 @@ def inspect_archive(
     storage_options: dict | None = None,
     limits: ReadLimits | None = None,
 ) -> ArchiveInfo:
-    """Describe the archive at ``source``: layout, container, metadata, files and problems."""
+    """Describe the archive at ``source``: layout, container, metadata, files, pickles and
+    problems, without talking to MLflow and without unpickling or running anything."""
     location = resolve(source, storage_options)
-    scanned = scan_archive(location, keep_going=True, show_progress=False, limits=limits)
+    with _extracted(location, False, limits, keep_going=True) as (root, scanned):
+        findings = scan_pickles(root)
     metadata = _parse_metadata(scanned.captured.get(METADATA_NAME))
     return ArchiveInfo(
         location=location.url,
@@ -214,6 +259,8 @@ def inspect_archive(
         files=[record.to_dict() for _, record in sorted(scanned.records.items())],
         digest=scanned.digest,
         problems=scanned.integrity_problems(),
+        signed=SIGNATURE_NAME in scanned.records,
+        pickles=[dataclasses.asdict(finding) for finding in findings],
     )
 
 
@@ -223,22 +270,36 @@ def verify_archive(
     storage_options: dict | None = None,
     progress: bool | None = None,
     limits: ReadLimits | None = None,
+    key: str | os.PathLike | None = None,
 ) -> VerifyReport:
     """Check every file of the archive at ``source`` against ``checksum.txt``, reporting all
-    problems at once rather than stopping at the first."""
+    problems at once rather than stopping at the first; with ``key`` (a PEM public key) also
+    check its model-signing signature, refusing an unsigned archive."""
     location = resolve(source, storage_options)
-    scanned = scan_archive(location, keep_going=True, show_progress=progress, limits=limits)
-    problems = scanned.integrity_problems()
-    raw = scanned.captured.get(METADATA_NAME)
-    if raw is not None:
-        try:
-            snapshot = Snapshot.from_json(raw, Path("."))
-        except CorruptArchiveError as exc:
-            problems.append(f"{METADATA_NAME}: {exc}")
-        else:
-            problems.extend(metadata_problems(snapshot, scanned))
+    with _extracted(location, progress, limits, keep_going=True) as (root, scanned):
+        problems = scanned.integrity_problems()
+        model_path = "model"
+        raw = scanned.captured.get(METADATA_NAME)
+        if raw is not None:
+            try:
+                snapshot = Snapshot.from_json(raw, root)
+            except CorruptArchiveError as exc:
+                problems.append(f"{METADATA_NAME}: {exc}")
+            else:
+                problems.extend(metadata_problems(snapshot, scanned))
+                model_path = snapshot.model_path
+        if key is not None:
+            problems.extend(_signature_problems(root / model_path, root, Path(key)))
     checked = len([path for path in scanned.records if path != CHECKSUM_NAME])
     return VerifyReport(location.url, not problems, problems, checked, scanned.digest)
+
+
+def _signature_problems(model_dir: Path, root: Path, key: Path) -> list[str]:
+    try:
+        verify_model_dir(model_dir, root / SIGNATURE_NAME, key)
+    except SignatureError as exc:
+        return exc.problems or [str(exc)]
+    return []
 
 
 def _parse_metadata(raw: bytes | None) -> dict[str, Any] | None:

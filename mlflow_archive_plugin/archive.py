@@ -32,7 +32,7 @@ from mlflow_archive_plugin.integrity import (
     parse_checksums,
     render_checksums,
 )
-from mlflow_archive_plugin.layouts import Layout, detect_layout
+from mlflow_archive_plugin.layouts import Entry, Layout, detect_layout
 from mlflow_archive_plugin.location import Location, open_source, publish_file, publish_folder
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 
@@ -144,8 +144,13 @@ def write_archive(
     *,
     force: bool = False,
     show_progress: bool | None = None,
+    extra: tuple[Entry, ...] = (),
 ) -> Written:
-    """Write ``snapshot`` as ``layout`` in ``container`` at ``location``, atomically."""
+    """Write ``snapshot`` as ``layout`` in ``container`` at ``location``, atomically.
+
+    ``extra`` entries (a signature, say) follow the layout's own and are covered by
+    ``checksum.txt`` but not listed as model files.
+    """
     entries = layout.plan(snapshot)
     _check_portable_names(entry.arcname for entry in entries)
     total = sum(entry.source.stat().st_size for entry in entries if entry.source is not None)
@@ -162,6 +167,10 @@ def write_archive(
             else:
                 records.append(writer.add_bytes(entry.arcname, entry.data or b""))
         snapshot.files = list(records)
+        for entry in extra:
+            records.append(writer.add_file(entry.arcname, entry.source, on_bytes)
+                           if entry.source is not None else
+                           writer.add_bytes(entry.arcname, entry.data or b""))
         records.append(writer.add_bytes(METADATA_NAME, snapshot.to_json()))
         checksums = render_checksums(records)
         writer.add_bytes(CHECKSUM_NAME, checksums)

@@ -21,7 +21,9 @@ from mlflow_archive_plugin.containers import CONTAINERS
 from mlflow_archive_plugin.errors import ArchiveError
 from mlflow_archive_plugin.layouts import LAYOUTS
 from mlflow_archive_plugin.registry import ON_EXISTS_CHOICES
+from mlflow_archive_plugin.scanning import SCAN_MODES, PickleFinding, enforce
 
+_KEY = click.Path(exists=True, dir_okay=False)
 _TRACKING_HELP = "Tracking server or database URI (default: MLFLOW_TRACKING_URI, then MLflow's)."
 
 
@@ -138,10 +140,14 @@ def _progress(quiet: bool) -> bool | None:
 @click.option("--tracking-uri", help=_TRACKING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def export_command(model_uri, dest, fmt, container, force, tracking_uri, as_json, quiet):
+@click.option("--sign-key", type=_KEY, help="Sign the model files with this PEM EC private key "
+              "(OpenSSF model-signing; needs the [sign] extra).")
+def export_command(model_uri, dest, fmt, container, force, tracking_uri, as_json, quiet,
+                   sign_key):
     """Export MODEL_URI (models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID, runs:/RUN/NAME)."""
     result = api.export_model(model_uri, dest, format=fmt, container=container, force=force,
-                              tracking_uri=tracking_uri, progress=_progress(quiet))
+                              tracking_uri=tracking_uri, progress=_progress(quiet),
+                              sign_key=sign_key)
     data = {key: getattr(result, key) for key in
             ("location", "format", "container", "size", "sha256", "file_count", "digest")}
     _emit(as_json, data, [
@@ -164,14 +170,22 @@ def export_command(model_uri, dest, fmt, container, force, tracking_uri, as_json
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_limit_options
+@click.option("--verify-key", type=_KEY, help="Refuse the archive unless its model-signing "
+              "signature verifies with this PEM public key.")
+@click.option("--scan", type=click.Choice(SCAN_MODES), default="warn", show_default=True,
+              help="Pickle scanning: strict refuses dangerous or unknown imports.")
 def import_command(source, name, experiment, on_exists, no_aliases, tracking_uri, as_json, quiet,
-                   max_members, max_size, max_ratio):
+                   max_members, max_size, max_ratio, verify_key, scan):
     """Verify the archive at SOURCE and register it as a model version."""
     result = api.import_archive(source, name=name, experiment=experiment, on_exists=on_exists,
                                 aliases=not no_aliases, tracking_uri=tracking_uri,
                                 progress=_progress(quiet),
-                                limits=_limits(max_members, max_size, max_ratio))
-    data = {key: getattr(result, key) for key in ("name", "version", "model_uri", "reused")}
+                                limits=_limits(max_members, max_size, max_ratio),
+                                verify_key=verify_key, scan=scan)
+    for line in result.warnings:
+        click.echo(f"warning: {line}", err=True)
+    data = {key: getattr(result, key) for key in
+            ("name", "version", "model_uri", "reused", "warnings")}
     verb = "already imported as" if result.reused else "registered"
     _emit(as_json, data, [f"{verb} {result.model_uri}"])
 
@@ -195,8 +209,9 @@ def inspect_command(source, as_json, max_members, max_size, max_ratio):
         f"  run {run.get('run_name', '-')} ({len(run.get('params') or {})} params, "
         f"{len(run.get('metrics') or {})} metrics)",
         f"  flavors {', '.join(sorted((meta.get('mlmodel') or {}).get('flavors') or {})) or '-'}",
-        f"  digest {info.digest or '-'}",
+        f"  digest {info.digest or '-'}, {'signed' if info.signed else 'not signed'}",
         *[f"  {f['sha256'][:12]}  {f['size']:>12}  {f['path']}" for f in info.files],
+        *[f"  pickle: {line}" for line in enforce(_findings(info.pickles), "warn")],
         *[f"  problem: {p}" for p in info.problems],
     ]
     _emit(as_json, info.to_dict(), lines)
@@ -207,10 +222,12 @@ def inspect_command(source, as_json, max_members, max_size, max_ratio):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_limit_options
-def verify_command(source, as_json, quiet, max_members, max_size, max_ratio):
+@click.option("--key", type=_KEY, help="Also check the model-signing signature with this PEM "
+              "public key; an unsigned archive fails.")
+def verify_command(source, as_json, quiet, max_members, max_size, max_ratio, key):
     """Check every file of the archive at SOURCE against its checksum.txt."""
     report = api.verify_archive(source, progress=_progress(quiet),
-                                limits=_limits(max_members, max_size, max_ratio))
+                                limits=_limits(max_members, max_size, max_ratio), key=key)
     if as_json:
         _emit(True, report.to_dict(), [])
     elif report.ok:
@@ -220,6 +237,10 @@ def verify_command(source, as_json, quiet, max_members, max_size, max_ratio):
             click.echo(f"error: {problem}", err=True)
     if not report.ok:
         sys.exit(1)
+
+
+def _findings(pickles: list[dict[str, Any]]) -> list[PickleFinding]:
+    return [PickleFinding(**finding) for finding in pickles]
 
 
 def main() -> None:

@@ -36,8 +36,16 @@ class IntegrityError(CorruptArchiveError):
         self.problems = list(problems or [])
 
 
+class SignatureError(IntegrityError):
+    """An archive is not signed, or its signature does not verify with the given key."""
+
+
 class UnsafeArchiveError(ArchiveError):
-    """An archive entry could write outside its destination or is not a regular file."""
+    """An archive could escape its destination, exhaust the machine, or run code when loaded.
+
+    Raised for unsafe entry names, links and special files, archives past the read limits,
+    and (with ``scan="strict"``) pickles that import dangerous or unknown globals.
+    """
 
 
 class DestinationExistsError(ArchiveError):
