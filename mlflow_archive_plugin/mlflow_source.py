@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -25,6 +22,7 @@ from mlflow_archive_plugin.snapshot import (
 )
 from mlflow_archive_plugin.tracking import (
     connect,
+    environment,
     is_missing,
     mlflow_errors,
     redact_uri,
@@ -70,9 +68,7 @@ def read_model(
             model_uri=redact_uri(model_uri),
             source_tracking_uri=redact_uri(tracking_uri),
             source_registry_uri=redact_uri(registry_uri),
-            artifact_uri=redact_uri(
-                logged.artifact_location if logged is not None else files_uri
-            ),
+            artifact_uri=redact_uri(files_uri),
             exported_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             plugin_version=_plugin_version(),
             mlflow_version=mlflow.__version__,
@@ -85,10 +81,14 @@ def read_model(
 
 
 def _resolve(client: MlflowClient, uri: str):
-    """The model version (if any), logged model (if any) and a URI to download the files from."""
+    """The model version (if any), logged model (if any) and a URI to download the files from.
+
+    Files are fetched from the logged model's own artifact location (or the version's download
+    URI), never through ``models:/``, which MLflow resolves with the *global* tracking URI.
+    """
     if match := _LOGGED_MODEL.match(uri):
         logged = client.get_logged_model(match.group(1))
-        return None, logged, uri
+        return None, logged, logged.artifact_location
     if match := _BY_ALIAS.match(uri):
         version = client.get_model_version_by_alias(match.group(1), match.group(2))
         return (version, *_logged_for_version(client, version))
@@ -100,7 +100,7 @@ def _resolve(client: MlflowClient, uri: str):
         return (version, *_logged_for_version(client, version))
     if match := _RUNS.match(uri):
         logged = _logged_in_run(client, *match.groups())
-        return None, logged, f"models:/{logged.model_id}" if logged is not None else uri
+        return None, logged, logged.artifact_location if logged is not None else uri
     if uri.startswith("models:/"):
         raise ModelNotFoundError(
             f"cannot parse model URI {uri!r}; use models:/<name>/<version>, "
@@ -120,15 +120,15 @@ def _logged_for_version(client: MlflowClient, version):
     model_id = getattr(version, "model_id", None)
     if not model_id and version.source and (match := _LOGGED_MODEL.match(version.source)):
         model_id = match.group(1)
-    if not model_id:
-        return None, version.source
-    try:
-        logged = client.get_logged_model(model_id)
-    except MlflowException as exc:
-        if not is_missing(exc):
-            raise
-        return None, version.source
-    return logged, f"models:/{model_id}"
+    if model_id:
+        try:
+            logged = client.get_logged_model(model_id)
+        except MlflowException as exc:
+            if not is_missing(exc):
+                raise
+        else:
+            return logged, logged.artifact_location
+    return None, client.get_model_version_download_uri(version.name, version.version)
 
 
 def _logged_in_run(client: MlflowClient, run_id: str, name: str):
@@ -241,7 +241,7 @@ def _run(client: MlflowClient, run_id: str) -> RunInfo | None:
 
 def _download(files_uri: str, download_dir: Path, tracking_uri: str, registry_uri: str) -> Path:
     # MLflow's own download bar would print on every export, terminal or not.
-    with _environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+    with environment(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=files_uri,
             dst_path=str(download_dir),
@@ -254,20 +254,6 @@ def _download(files_uri: str, download_dir: Path, tracking_uri: str, registry_ur
             f"{redact_uri(files_uri)} holds no MLmodel file; point at an MLflow model"
         )
     return path
-
-
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _mlmodel(model_dir: Path) -> dict:

@@ -23,6 +23,7 @@ from mlflow_archive_plugin.errors import TrackingServerError, UnsupportedError, 
 from mlflow_archive_plugin.snapshot import Snapshot
 from mlflow_archive_plugin.tracking import (
     connect,
+    environment,
     is_missing,
     mlflow_errors,
     resolve_tracking_uri,
@@ -109,7 +110,10 @@ def register(
         try:
             # SQL registries resolve the version's models:/m-<id> source through the *global*
             # tracking URI (an MLflow TODO), so point it at the target while registering.
-            with _use_tracking_uri(tracking_uri):
+            # Ending a run on a server prints its URL to stdout, which would corrupt --json.
+            with _use_tracking_uri(tracking_uri), environment(
+                MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true"
+            ):
                 return _create_all(client, created, snapshot, digest, target, experiment, aliases)
         except BaseException:
             created.roll_back()

@@ -7,6 +7,7 @@ MLflow's REST client retries a dead server for minutes; a short probe first lets
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -101,3 +102,18 @@ def mlflow_errors(action: str) -> Iterator[None]:
         raise TrackingServerError(f"{action}: {first_line(exc)}") from exc
     except requests.RequestException as exc:
         raise TrackingServerError(f"{action}: {first_line(exc)}") from exc
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables MLflow reads at call time, restoring them afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

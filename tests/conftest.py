@@ -113,13 +113,19 @@ def load_and_predict(model_uri: str, tracking_uri: str, X: np.ndarray) -> np.nda
 
 
 def download_model(model_uri: str, tracking_uri: str, dst: Path) -> Path:
+    """Download a ``models:/`` URI's files from ``tracking_uri``.
+
+    MLflow resolves ``models:/`` URIs through the *global* registry URI whatever
+    ``tracking_uri=`` says, so the global URIs point at the server while it runs.
+    """
     dst.mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=model_uri,
-        dst_path=str(dst),
-        tracking_uri=tracking_uri,
-        registry_uri=tracking_uri,
-    )
+    with global_tracking_uri(tracking_uri):
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri,
+            dst_path=str(dst),
+            tracking_uri=tracking_uri,
+            registry_uri=tracking_uri,
+        )
     return Path(local)
 
 
@@ -169,6 +175,9 @@ def assert_user_error(proc: subprocess.CompletedProcess) -> str:
     assert len(lines) == 1, detail
     assert lines[0].startswith("error: "), detail
     assert len(lines[0]) > len("error: "), detail
+    # The CLI's catch-all for bugs says "error: unexpected <Exception>"; a user's mistake
+    # must be recognised as one (an ArchiveError), not fall through to it.
+    assert not lines[0].startswith("error: unexpected "), detail
     return lines[0]
 
 
@@ -263,6 +272,16 @@ def server_b(tmp_path_factory) -> Iterator[MlflowServer]:
     server = start_mlflow_server(tmp_path_factory.mktemp("server_b"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_working_directory(tmp_path_factory) -> Iterator[None]:
+    """Run the session in a scratch directory, so a stray default ``mlflow.db`` or ``mlruns``
+    (MLflow's defaults are relative to the working directory) never lands in the checkout."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)
 
 
 @pytest.fixture(autouse=True)
