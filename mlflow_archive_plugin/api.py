@@ -286,7 +286,11 @@ def verify_archive(
             except CorruptArchiveError as exc:
                 problems.append(f"{METADATA_NAME}: {exc}")
             else:
-                problems.extend(metadata_problems(snapshot, scanned))
+                reported = {problem.split(":", 1)[0] for problem in problems}
+                problems.extend(
+                    problem for problem in metadata_problems(snapshot, scanned)
+                    if problem.split(":", 1)[0] not in reported
+                )
                 model_path = snapshot.model_path
         if key is not None:
             problems.extend(_signature_problems(root / model_path, root, Path(key)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from mlflow_archive_plugin.snapshot import (
     Snapshot,
 )
 from mlflow_archive_plugin.tracking import (
+    MLFLOW_MODEL_VERSIONS,
     connect,
     environment,
     is_missing,
@@ -88,7 +90,7 @@ def _resolve(client: MlflowClient, uri: str):
     """
     if match := _LOGGED_MODEL.match(uri):
         logged = client.get_logged_model(match.group(1))
-        return None, logged, logged.artifact_location
+        return _registered_version(client, logged), logged, logged.artifact_location
     if match := _BY_ALIAS.match(uri):
         version = client.get_model_version_by_alias(match.group(1), match.group(2))
         return (version, *_logged_for_version(client, version))
@@ -100,13 +102,31 @@ def _resolve(client: MlflowClient, uri: str):
         return (version, *_logged_for_version(client, version))
     if match := _RUNS.match(uri):
         logged = _logged_in_run(client, *match.groups())
-        return None, logged, logged.artifact_location if logged is not None else uri
+        if logged is None:
+            return None, None, uri
+        return _registered_version(client, logged), logged, logged.artifact_location
     if uri.startswith("models:/"):
         raise ModelNotFoundError(
             f"cannot parse model URI {uri!r}; use models:/<name>/<version>, "
             "models:/<name>@<alias> or models:/m-<id>"
         )
     return None, None, uri
+
+
+def _registered_version(client: MlflowClient, logged):
+    """The first version registered from ``logged``, found through the tag MLflow keeps on it."""
+    try:
+        entries = json.loads((logged.tags or {}).get(MLFLOW_MODEL_VERSIONS, "[]"))
+    except json.JSONDecodeError:
+        return None
+    for entry in entries if isinstance(entries, list) else []:
+        try:
+            version = client.get_model_version(entry["name"], str(entry["version"]))
+        except (MlflowException, KeyError, TypeError):
+            continue
+        if version.source == f"models:/{logged.model_id}":
+            return version
+    return None
 
 
 def _latest_version(client: MlflowClient, name: str) -> str:

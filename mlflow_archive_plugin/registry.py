@@ -22,6 +22,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow_archive_plugin.errors import TrackingServerError, UnsupportedError, VersionExistsError
 from mlflow_archive_plugin.snapshot import Snapshot
 from mlflow_archive_plugin.tracking import (
+    MLFLOW_MODEL_VERSIONS,
     connect,
     environment,
     is_missing,
@@ -34,7 +35,6 @@ SOURCE_PREFIX = "mlflow_archive.source."
 ON_EXISTS_CHOICES = ("reuse", "new", "fail")
 _TERMINAL_STATUSES = {"FINISHED", "FAILED", "KILLED"}
 # Tags MLflow maintains itself on the target; copying the source's values would be wrong there.
-MLFLOW_MODEL_VERSIONS = "mlflow.modelVersions"
 _MLFLOW_MANAGED_TAGS = {MLFLOW_MODEL_VERSIONS}
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000

@@ -24,6 +24,9 @@ from mlflow.protos.databricks_pb2 import (
 
 from mlflow_archive_plugin.errors import ModelNotFoundError, TrackingServerError
 
+# The tag MLflow keeps on a LoggedModel listing the registered versions made from it.
+MLFLOW_MODEL_VERSIONS = "mlflow.modelVersions"
+
 _SECRET_QUERY_KEYS = re.compile(r"pass|secret|token|key|sig|credential|auth", re.IGNORECASE)
 _PROBE_TIMEOUT_SECONDS = 10
 
