@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
 
-from mlflow_archive_plugin.errors import UnsafeArchiveError
+from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
 from mlflow_archive_plugin.integrity import FileRecord
 
 ProgressCallback = Callable[[int], None] | None
@@ -86,3 +86,22 @@ class ContainerReader(AbstractContextManager, ABC):
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+
+
+class GuardedStream:
+    """A member's stream whose read errors (bad CRC, broken compression, early end) become
+    one :class:`CorruptArchiveError` naming the member."""
+
+    def __init__(self, stream: BinaryIO, name: str, errors: tuple[type[BaseException], ...],
+                 problem: str) -> None:
+        self._stream = stream
+        self._name = name
+        self._errors = errors
+        self._problem = problem
+
+    def read(self, size: int = -1) -> bytes:
+        """Read like the wrapped stream, naming the member on failure."""
+        try:
+            return self._stream.read(size)
+        except self._errors as exc:
+            raise CorruptArchiveError(f"{self._name}: {self._problem} ({exc})") from exc

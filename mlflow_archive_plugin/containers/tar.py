@@ -15,6 +15,7 @@ from typing import BinaryIO
 from mlflow_archive_plugin.containers.base import (
     ContainerReader,
     ContainerWriter,
+    GuardedStream,
     ProgressCallback,
     safe_entry_name,
 )
@@ -109,25 +110,8 @@ class TarReader(ContainerReader):
                     f"refused archive entry {member.name!r}: {kind}; the archive is unsafe"
                 )
             stream = self._tar.extractfile(member)
-            yield name, _GuardedStream(stream, name)
+            yield name, GuardedStream(stream, name, _STREAM_ERRORS, "archive truncated or damaged")
 
     def close(self) -> None:
         self._tar.close()
-
-
-class _GuardedStream:
-    """Turns decompression errors and early ends inside one member into a named error."""
-
-    def __init__(self, stream: BinaryIO, name: str) -> None:
-        self._stream = stream
-        self._name = name
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self._stream.read(size)
-        except _STREAM_ERRORS as exc:
-            raise CorruptArchiveError(
-                f"{self._name}: archive truncated or damaged ({exc})"
-            ) from exc
-
 

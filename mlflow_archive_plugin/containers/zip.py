@@ -13,6 +13,7 @@ from typing import BinaryIO
 from mlflow_archive_plugin.containers.base import (
     ContainerReader,
     ContainerWriter,
+    GuardedStream,
     ProgressCallback,
     safe_entry_name,
 )
@@ -24,6 +25,7 @@ _SAMPLE = 256 * 1024
 # them is many times faster than deflating them to the same size.
 _WORTH_DEFLATING = 0.9
 _MIN_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError)
 
 
 def _choose_compression(src: Path) -> int:
@@ -89,24 +91,11 @@ class ZipReader(ContainerReader):
                 continue
             try:
                 stream = self._zip.open(info)
-            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+            except _READ_ERRORS as exc:
                 raise CorruptArchiveError(f"{name}: damaged zip entry ({exc})") from exc
             with stream:
-                yield name, _GuardedStream(stream, name)
+                yield name, GuardedStream(stream, name, _READ_ERRORS, "damaged zip entry")
 
     def close(self) -> None:
         self._zip.close()
 
-
-class _GuardedStream:
-    """Turns the zip module's read errors (bad CRC, bad deflate data) into a named error."""
-
-    def __init__(self, stream: BinaryIO, name: str) -> None:
-        self._stream = stream
-        self._name = name
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self._stream.read(size)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-            raise CorruptArchiveError(f"{self._name}: damaged zip entry ({exc})") from exc
