@@ -17,10 +17,13 @@ demo: $(STAMP)
 	$(PY) examples/quickstart.py --workdir $(DEMO_DIR)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mlflow_archive_plugin tests examples
+	$(VENV)/bin/ruff check mlflow_archive_plugin tests examples benchmarks
 
 test: lint
 	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_export.py --size-mib $(or $(BENCH_MIB),1024) --repeat $(or $(BENCH_REPEAT),3)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info
