@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,19 +99,19 @@ class ReadLimits:
 
 
 class _Budget:
-    """Counts files and bytes as they are produced and refuses past the limits."""
+    """Counts files and bytes as they are produced and refuses past the limits.
 
-    def __init__(self, limits: ReadLimits, archive_size: int | None, on_bytes) -> None:
+    The ratio is taken against the compressed bytes consumed *so far*, so a bomb is stopped
+    soon after the floor, not after it has produced ``max_ratio`` times its whole size.
+    """
+
+    def __init__(self, limits: ReadLimits, consumed: Callable[[], int] | None, on_bytes) -> None:
         self._limits = limits
+        self._consumed = consumed
         self._on_bytes = on_bytes
         self.members = 0
         self.produced = 0
         self.entry = ""
-        ratio_cap = None
-        if archive_size is not None:
-            ratio_cap = max(limits.ratio_floor_bytes, int(limits.max_ratio * archive_size))
-        self._cap = min(limits.max_total_bytes, ratio_cap or limits.max_total_bytes)
-        self._by_ratio = ratio_cap is not None and ratio_cap < limits.max_total_bytes
 
     def start(self, name: str) -> None:
         self.entry = name
@@ -121,13 +122,18 @@ class _Budget:
 
     def __call__(self, count: int) -> None:
         self.produced += count
-        if self.produced > self._cap:
-            if self._by_ratio:
-                _refuse(self.entry, f"the archive expands to more than {self._limits.max_ratio:g} "
-                                    "times its size, like a compression bomb "
-                                    "(raise --max-ratio if you trust the archive)")
-            _refuse(self.entry, f"the archive holds more than {self._limits.max_total_bytes} "
+        limits = self._limits
+        if self.produced > limits.max_total_bytes:
+            _refuse(self.entry, f"the archive holds more than {limits.max_total_bytes} "
                                 "bytes (raise --max-size if you trust the archive)")
+        if (
+            self._consumed is not None
+            and self.produced > limits.ratio_floor_bytes
+            and self.produced > limits.max_ratio * max(1, self._consumed())
+        ):
+            _refuse(self.entry, f"the archive expands to more than {limits.max_ratio:g} "
+                                "times its size, like a compression bomb "
+                                "(raise --max-ratio if you trust the archive)")
         if self._on_bytes is not None:
             self._on_bytes(count)
 
@@ -240,7 +246,8 @@ def _scan(location: Location, staging: Path | None, keep_going: bool, show_progr
         except CorruptArchiveError as exc:
             raise CorruptArchiveError(f"{location.url}: {exc}") from exc
         with progress.byte_progress(total, "read", show_progress) as on_bytes, reader:
-            budget = _Budget(limits, archive_size, on_bytes)
+            consumed = None if container == "folder" else source.tell
+            budget = _Budget(limits, consumed, on_bytes)
             try:
                 _scan_entries(reader.entries(), scanned, staging, keep_going, budget)
             except CorruptArchiveError as exc:
@@ -260,7 +267,11 @@ class _NameGuard:
     def admit(self, name: str) -> None:
         key = collision_key(name)
         if key in self._files:
-            self._refuse(name, f"same file as {self._files[key]!r}")
+            other = self._files[key]
+            if other == name:
+                self._refuse(name, "duplicate entry")
+            self._refuse(name, f"same file as {ascii(other)} once case and Unicode "
+                               "normalization are ignored")
         if key in self._folders:
             self._refuse(name, f"{self._folders[key]!r} is also a folder")
         parts = name.split("/")
@@ -274,7 +285,9 @@ class _NameGuard:
 
     @staticmethod
     def _refuse(name: str, reason: str) -> None:
-        raise UnsafeArchiveError(f"refused archive entry {name!r}: {reason}; the archive is unsafe")
+        raise UnsafeArchiveError(
+            f"refused archive entry {ascii(name)}: {reason}; the archive is unsafe"
+        )
 
 
 def _scan_entries(entries, scanned: Scanned, staging, keep_going, budget: _Budget) -> None:

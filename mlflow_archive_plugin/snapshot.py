@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow_archive_plugin.errors import CorruptArchiveError
+from mlflow_archive_plugin.containers.base import safe_entry_name
+from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
 from mlflow_archive_plugin.integrity import FileRecord
 
 METADATA_NAME = "mlflow-archive.json"
@@ -173,6 +174,14 @@ class Snapshot:
         model_path = document.get("model_path", "model")
         if not isinstance(model_path, str) or not model_path:
             raise _malformed("'model_path' is not a path")
+        try:
+            model_path = safe_entry_name(model_path).rstrip("/")
+        except UnsafeArchiveError as exc:
+            # A hostile model_path would make import upload files from outside the archive.
+            raise UnsafeArchiveError(
+                f"{METADATA_NAME} names model_path {model_path!r}, outside the archive; "
+                "the archive is unsafe"
+            ) from exc
         try:
             files = [FileRecord(str(f["path"]), int(f["size"]), str(f["sha256"]))
                      for f in document.get("files", [])]

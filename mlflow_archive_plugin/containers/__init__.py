@@ -71,7 +71,7 @@ def open_reader(container: str, source: BinaryIO | Path) -> ContainerReader:
         return FolderReader(Path(source))  # type: ignore[arg-type]
     if container == "zip":
         return ZipReader(source)  # type: ignore[arg-type]
-    return TarReader(source)  # type: ignore[arg-type]
+    return TarReader(source, container)  # type: ignore[arg-type]
 
 
 __all__ = [

@@ -21,6 +21,10 @@ from mlflow_archive_plugin.integrity import FileRecord
 ProgressCallback = Callable[[int], None] | None
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# File systems refuse longer segments (NAME_MAX); the name bound leaves room under PATH_MAX
+# for the temporary folder an archive is extracted into.
+MAX_SEGMENT_BYTES = 255
+MAX_NAME_BYTES = 1024
 
 
 def safe_entry_name(raw: str) -> str:
@@ -45,6 +49,11 @@ def safe_entry_name(raw: str) -> str:
         reason = "drive letter"
     elif any(part in ("", ".", "..") for part in name.rstrip("/").split("/")):
         reason = "'..', '.' or empty path segment"
+    elif len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        reason = f"name longer than {MAX_NAME_BYTES} bytes"
+    elif any(len(part.encode("utf-8", "surrogateescape")) > MAX_SEGMENT_BYTES
+             for part in name.split("/")):
+        reason = f"a path segment longer than {MAX_SEGMENT_BYTES} bytes"
     if reason is not None:
         raise UnsafeArchiveError(f"refused archive entry {raw!r}: {reason}; the archive is unsafe")
     return name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import io
 import lzma
@@ -22,7 +24,10 @@ from mlflow_archive_plugin.containers.base import (
 from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
 from mlflow_archive_plugin.integrity import CHUNK_SIZE, FileRecord
 
-_STREAM_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
+_STREAM_ERRORS = (
+    tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError,
+    NotImplementedError,
+)
 
 
 class _HashingReader:
@@ -77,12 +82,41 @@ class TarWriter(ContainerWriter):
         self._tar.close()
 
 
-class TarReader(ContainerReader):
-    """Reads any tar stream (compression detected); refuses links and special members."""
+_DECOMPRESSORS = {
+    "tar": lambda raw: raw,
+    "tar.gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    "tar.xz": lambda raw: lzma.LZMAFile(raw, "rb"),  # noqa: SIM115 - closed with the tar
+    "tar.bz2": lambda raw: bz2.BZ2File(raw, "rb"),
+}
+_BLOCK = tarfile.BLOCKSIZE
+# tarfile reads at most one record ahead of the header it parses; keep comfortably more.
+_TAIL_KEPT = 16 * tarfile.RECORDSIZE
+
+
+class _TailKeeper:
+    """A read-through wrapper remembering how much was read and the last bytes of it."""
 
     def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self.position = 0
+        self.tail = bytearray()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._source.read(size)
+        self.position += len(chunk)
+        self.tail += chunk
+        del self.tail[:-_TAIL_KEPT]
+        return chunk
+
+
+class TarReader(ContainerReader):
+    """Reads a tar stream (decompressing as ``container`` says); refuses links and special
+    members, and a stream that ends without tar's end-of-archive zero blocks."""
+
+    def __init__(self, source: BinaryIO, container: str = "tar") -> None:
         try:
-            self._tar = tarfile.open(fileobj=source, mode="r|*")  # noqa: SIM115
+            self._data = _TailKeeper(_DECOMPRESSORS[container](source))
+            self._tar = tarfile.open(fileobj=self._data, mode="r|")  # noqa: SIM115
         except _STREAM_ERRORS as exc:
             raise CorruptArchiveError(
                 f"the tar archive is truncated or damaged ({exc}); export it again"
@@ -90,15 +124,18 @@ class TarReader(ContainerReader):
 
     def entries(self) -> Iterator[tuple[str, BinaryIO]]:
         members = iter(self._tar)
+        last = None
         while True:
             try:
                 member = next(members)
             except StopIteration:
+                self._check_end(last)
                 return
             except _STREAM_ERRORS as exc:
                 raise CorruptArchiveError(
                     f"the tar archive is truncated or damaged ({exc}); export it again"
                 ) from exc
+            last = member.name
             if member.isdir() and member.name.strip("/") in ("", "."):
                 continue  # the "./" entry GNU tar writes for the archive root
             name = safe_entry_name(member.name)
@@ -112,6 +149,25 @@ class TarReader(ContainerReader):
             stream = self._tar.extractfile(member)
             yield name, GuardedStream(stream, name, _STREAM_ERRORS, "archive truncated or damaged")
 
+    def _check_end(self, last: str | None) -> None:
+        """tarfile takes a bad or missing header after the first member for the end of the
+        archive; only zero blocks to the end of the stream really are one."""
+        try:
+            while chunk := self._data.read(tarfile.RECORDSIZE):
+                if chunk.count(0) != len(chunk):
+                    break
+        except _STREAM_ERRORS as exc:
+            raise CorruptArchiveError(
+                f"the tar archive is truncated or damaged ({exc}); export it again"
+            ) from exc
+        already_read = self._data.position - len(self._data.tail)
+        end = bytes(self._data.tail[max(0, self._tar.offset - already_read):])
+        if len(end) < _BLOCK or end.count(0) != len(end):
+            after = f" after {last!r}" if last else ""
+            raise CorruptArchiveError(
+                f"the tar archive is truncated or damaged{after}: it does not end with tar's "
+                "end-of-archive blocks; export it again"
+            )
+
     def close(self) -> None:
         self._tar.close()
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lzma
 import stat
 import time
 import zipfile
@@ -25,7 +26,13 @@ _SAMPLE = 256 * 1024
 # them is many times faster than deflating them to the same size.
 _WORTH_DEFLATING = 0.9
 _MIN_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError)
+# Besides bad CRCs and broken deflate data, zipfile raises RuntimeError for encrypted entries,
+# NotImplementedError for unknown methods or flags, and UnicodeDecodeError (a ValueError) for
+# names flagged UTF-8 that are not.
+_READ_ERRORS = (
+    zipfile.BadZipFile, zlib.error, OSError, EOFError, RuntimeError, NotImplementedError,
+    ValueError, lzma.LZMAError,
+)
 
 
 def _choose_compression(src: Path) -> int:
@@ -73,7 +80,7 @@ class ZipReader(ContainerReader):
     def __init__(self, source: BinaryIO) -> None:
         try:
             self._zip = zipfile.ZipFile(source)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except _READ_ERRORS as exc:
             raise CorruptArchiveError(
                 f"the zip archive is truncated or damaged ({exc}); export it again"
             ) from exc
@@ -92,10 +99,23 @@ class ZipReader(ContainerReader):
             try:
                 stream = self._zip.open(info)
             except _READ_ERRORS as exc:
-                raise CorruptArchiveError(f"{name}: damaged zip entry ({exc})") from exc
+                # Fail on read, not here: raising inside the generator would end it, and
+                # verify would never see the entries after this one.
+                yield name, _Unreadable(CorruptArchiveError(f"{name}: damaged zip entry ({exc})"))
+                continue
             with stream:
                 yield name, GuardedStream(stream, name, _READ_ERRORS, "damaged zip entry")
 
     def close(self) -> None:
         self._zip.close()
 
+
+
+class _Unreadable:
+    """The stream of an entry that could not be opened: reading it raises why."""
+
+    def __init__(self, error: CorruptArchiveError) -> None:
+        self._error = error
+
+    def read(self, size: int = -1) -> bytes:
+        raise self._error

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mlflow_archive_plugin.errors import CorruptArchiveError
+from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
 from mlflow_archive_plugin.layouts.base import Entry, Layout
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 
@@ -47,6 +47,11 @@ class MlflowLayout(Layout):
     def read(self, root: Path) -> Snapshot:
         snapshot = Snapshot.from_json((root / METADATA_NAME).read_bytes(), root)
         snapshot.model_dir = root / snapshot.model_path
+        resolved = snapshot.model_dir.resolve()
+        if resolved != root.resolve() and root.resolve() not in resolved.parents:
+            raise UnsafeArchiveError(
+                f"model_path {snapshot.model_path!r} leads outside the archive; it is unsafe"
+            )
         if not (snapshot.model_dir / "MLmodel").is_file():
             raise CorruptArchiveError(
                 f"the archive has no {snapshot.model_path}/MLmodel, so it holds no MLflow model"
