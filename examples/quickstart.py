@@ -4,7 +4,7 @@
 
 What it does, all inside --workdir, with two local SQLite registries and no server:
 
-1. trains a small scikit-learn model and registers it in ``sqlite:///source.db`` as
+1. trains a small scikit-learn model and registers it in ``sqlite:///mlflow.db`` as
    ``iris-classifier`` version 1, with params, a metric history, tags, descriptions and
    the alias ``champion``;
 2. exports that version with ``export_model`` into ``archives/``;
@@ -51,14 +51,14 @@ from mlflow_archive_plugin import (
 )
 
 MODEL_NAME = "iris-classifier"
-SOURCE_URI = "sqlite:///source.db"  # relative to --workdir: the script chdirs there first
+SOURCE_URI = "sqlite:///mlflow.db"  # relative to --workdir: the script chdirs there first
 TARGET_URI = "sqlite:///target.db"
 ARCHIVE_DIR = "archives"
 DOWNLOAD_DIR = "downloads"  # model files read back from each registry, for the file digest
 
 # Everything this script creates in --workdir, and so the only things it ever deletes there.
 MARKER = ".mlflow-archive-quickstart"
-OWN_PATHS = ("source.db", "target.db", ARCHIVE_DIR, DOWNLOAD_DIR, "mlruns", "mlartifacts")
+OWN_PATHS = ("mlflow.db", "target.db", ARCHIVE_DIR, DOWNLOAD_DIR, "mlruns", "mlartifacts")
 
 # Tags the importer adds to the target version (provenance); listed apart from the originals.
 ARCHIVE_TAG_PREFIX = "mlflow_archive."

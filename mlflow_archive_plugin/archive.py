@@ -85,8 +85,9 @@ class ReadLimits:
     """Bounds on what reading one archive may produce, against compression bombs and floods.
 
     Counted on the bytes actually produced while reading, never on sizes headers claim. The
-    defaults are far beyond any real model: 100,000 files, 2 TiB in all, and 1,000 bytes out
-    per byte of archive (real weights barely compress; bombs expand by millions).
+    defaults are far beyond any real model: 100,000 files, 2 TiB in all, and, once past
+    ``ratio_floor_bytes``, 1,000 bytes out per compressed byte read so far (real weights
+    barely compress; bombs expand by millions).
     """
 
     max_members: int = 100_000
