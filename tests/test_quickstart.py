@@ -29,5 +29,5 @@ def test_quickstart_round_trip_matches(tmp_path: Path) -> None:
     assert table, output
     assert any(line.count(MODEL_NAME) == 2 for line in table), "\n".join(table)
     assert "✗" not in proc.stdout, "\n".join(table)
-    assert (workdir / "source.db").is_file()
+    assert (workdir / "mlflow.db").is_file()
     assert (workdir / "target.db").is_file()
