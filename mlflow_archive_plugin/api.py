@@ -29,12 +29,14 @@ from mlflow_archive_plugin.errors import (
 from mlflow_archive_plugin.integrity import CHECKSUM_NAME
 from mlflow_archive_plugin.layouts import Entry, get_layout
 from mlflow_archive_plugin.location import is_folder_target, refuse_existing, resolve
-from mlflow_archive_plugin.mlflow_source import read_model
-from mlflow_archive_plugin.registry import register
 from mlflow_archive_plugin.scanning import SCAN_MODES, enforce, scan_pickles
 from mlflow_archive_plugin.signing import SIGNATURE_NAME, sign_model_dir, verify_model_dir
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
-from mlflow_archive_plugin.tracking import probe, resolve_tracking_uri
+
+# MLflow takes seconds to import and inspect/verify never need it, so the modules that talk
+# to MLflow (mlflow_source, registry, tracking) are imported inside export and import only.
+
+ON_EXISTS_CHOICES = ("reuse", "new", "fail")
 
 
 class _Result:
@@ -137,6 +139,8 @@ def export_model(
     into_folder = is_folder_target(location, raw_dest)
     if not into_folder:
         refuse_existing(location, force)  # before any download, not after
+    from mlflow_archive_plugin.mlflow_source import read_model
+
     with tempfile.TemporaryDirectory(prefix="mlflow-archive-export-") as scratch:
         download = Path(scratch, "download")
         download.mkdir()
@@ -196,6 +200,12 @@ def import_archive(
     if scan not in SCAN_MODES:
         choices = ", ".join(SCAN_MODES)
         raise UnsupportedError(f"unknown scan mode {scan!r}; choose one of: {choices}")
+    if on_exists not in ON_EXISTS_CHOICES:
+        choices = ", ".join(ON_EXISTS_CHOICES)
+        raise UnsupportedError(f"unknown on_exists {on_exists!r}; choose one of: {choices}")
+    from mlflow_archive_plugin.registry import register
+    from mlflow_archive_plugin.tracking import probe, resolve_tracking_uri
+
     probe(resolve_tracking_uri(tracking_uri))
     location = resolve(source, storage_options)
     with _extracted(location, progress, limits, keep_going=False) as (root, scanned):

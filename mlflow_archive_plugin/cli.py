@@ -16,11 +16,11 @@ from typing import Any
 import click
 
 from mlflow_archive_plugin import api
+from mlflow_archive_plugin.api import ON_EXISTS_CHOICES
 from mlflow_archive_plugin.archive import ReadLimits
 from mlflow_archive_plugin.containers import CONTAINERS
 from mlflow_archive_plugin.errors import ArchiveError
 from mlflow_archive_plugin.layouts import LAYOUTS
-from mlflow_archive_plugin.registry import ON_EXISTS_CHOICES
 from mlflow_archive_plugin.scanning import SCAN_MODES, PickleFinding, enforce
 
 _KEY = click.Path(exists=True, dir_okay=False)

@@ -32,7 +32,6 @@ from mlflow_archive_plugin.tracking import (
 
 DIGEST_TAG = "mlflow_archive.digest"
 SOURCE_PREFIX = "mlflow_archive.source."
-ON_EXISTS_CHOICES = ("reuse", "new", "fail")
 _TERMINAL_STATUSES = {"FINISHED", "FAILED", "KILLED"}
 # Tags MLflow maintains itself on the target; copying the source's values would be wrong there.
 _MLFLOW_MANAGED_TAGS = {MLFLOW_MODEL_VERSIONS}
@@ -89,10 +88,6 @@ def register(
     registry_uri: str | None = None,
 ) -> Registered:
     """Recreate ``snapshot`` as a registered model version; idempotent by archive ``digest``."""
-    if on_exists not in ON_EXISTS_CHOICES:
-        raise UnsupportedError(
-            f"unknown on_exists {on_exists!r}; choose one of: {', '.join(ON_EXISTS_CHOICES)}"
-        )
     target = name or snapshot.display_name
     tracking_uri = resolve_tracking_uri(tracking_uri)
     client = connect(tracking_uri, registry_uri)
