@@ -19,7 +19,7 @@ from mlflow_archive_plugin.archive import (
     scan_archive,
     write_archive,
 )
-from mlflow_archive_plugin.containers import get_container
+from mlflow_archive_plugin.containers import CONTAINERS, get_container
 from mlflow_archive_plugin.errors import (
     CorruptArchiveError,
     IntegrityError,
@@ -128,15 +128,18 @@ def export_model(
     signature travels as ``model.sig`` at the archive root.
     """
     layout = get_layout(format)
-    chosen = get_container(container or layout.default_container)
+    raw_dest = os.fspath(dest) if dest is not None else os.getcwd() + os.sep
+    location = resolve(raw_dest, storage_options)
+    into_folder = is_folder_target(location, raw_dest)
+    chosen = get_container(
+        container or layout.default_container if into_folder
+        else _container_for(location.path, container, layout.default_container)
+    )
     if chosen.name not in layout.containers:
         raise UnsupportedError(
             f"format {layout.name!r} cannot use container {chosen.name!r}; "
             f"choose one of: {', '.join(layout.containers)}"
         )
-    raw_dest = os.fspath(dest) if dest is not None else os.getcwd() + os.sep
-    location = resolve(raw_dest, storage_options)
-    into_folder = is_folder_target(location, raw_dest)
     if not into_folder:
         refuse_existing(location, force)  # before any download, not after
     from mlflow_archive_plugin.mlflow_source import read_model
@@ -215,7 +218,7 @@ def import_archive(
             raise IntegrityError(f"archive failed verification: {problems[0]}", problems)
         if verify_key is not None:
             verify_model_dir(snapshot.model_dir, root / SIGNATURE_NAME, Path(verify_key))
-        warnings = enforce(scan_pickles(root), scan)
+        pickle_warnings = enforce(scan_pickles(root), scan)
         digest = scanned.digest or ""
         registered = register(
             snapshot,
@@ -235,8 +238,28 @@ def import_archive(
         run_id=registered.run_id,
         model_id=registered.model_id,
         digest=digest,
-        warnings=warnings,
+        warnings=pickle_warnings + registered.warnings,
     )
+
+
+def _container_for(path: str, requested: str | None, default: str) -> str:
+    """The container a destination file name asks for (``m.tar.gz``), checked against
+    ``requested``; a name with no known extension takes ``requested`` or the default."""
+    by_name = None
+    for name, container in sorted(CONTAINERS.items(), key=lambda c: -len(c[1].extension)):
+        if container.extension and path.endswith(container.extension):
+            by_name = name
+            break
+    if path.endswith(".tgz"):
+        by_name = "tar.gz"
+    if requested is None:
+        return by_name or default
+    if by_name is not None and by_name != get_container(requested).name:
+        raise UnsupportedError(
+            f"the destination {os.path.basename(path)!r} names a {by_name} file but the "
+            f"container is {requested}; change one of them"
+        )
+    return requested
 
 
 @contextlib.contextmanager
@@ -290,7 +313,10 @@ def verify_archive(
         problems = scanned.integrity_problems()
         model_path = "model"
         raw = scanned.captured.get(METADATA_NAME)
-        if raw is not None:
+        if raw is None:
+            problems.append(f"{METADATA_NAME}: missing, so the archive holds no model this "
+                            "plugin can import")
+        else:
             try:
                 snapshot = Snapshot.from_json(raw, root)
             except CorruptArchiveError as exc:

@@ -37,8 +37,9 @@ from mlflow_archive_plugin.layouts import Entry, Layout, detect_layout
 from mlflow_archive_plugin.location import Location, open_source, publish_file, publish_folder
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 
-# Small documents kept in memory while scanning, so inspect never needs to extract.
+# Small documents kept in memory while scanning; refused past MAX_DOCUMENT_BYTES.
 _CAPTURED = {METADATA_NAME, CHECKSUM_NAME}
+MAX_DOCUMENT_BYTES = 64 * 1024**2
 
 
 @dataclass
@@ -159,7 +160,7 @@ def write_archive(
     ``checksum.txt`` but not listed as model files.
     """
     entries = layout.plan(snapshot)
-    _check_portable_names(entry.arcname for entry in entries)
+    _check_portable_names(entry.arcname for entry in [*entries, *extra])
     total = sum(entry.source.stat().st_size for entry in entries if entry.source is not None)
     publisher = publish_folder if container.is_folder else publish_file
     with (
@@ -167,17 +168,12 @@ def write_archive(
         publisher(location, force) as target,
         container.open_writer(target) as writer,
     ):
-        records = []
-        for entry in entries:
-            if entry.source is not None:
-                records.append(writer.add_file(entry.arcname, entry.source, on_bytes))
-            else:
-                records.append(writer.add_bytes(entry.arcname, entry.data or b""))
-        snapshot.files = list(records)
-        for entry in extra:
-            records.append(writer.add_file(entry.arcname, entry.source, on_bytes)
-                           if entry.source is not None else
-                           writer.add_bytes(entry.arcname, entry.data or b""))
+        records = [
+            writer.add_file(entry.arcname, entry.source, on_bytes) if entry.source is not None
+            else writer.add_bytes(entry.arcname, entry.data or b"")
+            for entry in [*entries, *extra]
+        ]
+        snapshot.files = records[:len(entries)]
         records.append(writer.add_bytes(METADATA_NAME, snapshot.to_json()))
         checksums = render_checksums(records)
         writer.add_bytes(CHECKSUM_NAME, checksums)
@@ -189,11 +185,13 @@ def write_archive(
 
 def _check_portable_names(names) -> None:
     """Refuse, before writing, a model file name that readers would reject or misread."""
+    guard = _NameGuard()
     for name in names:
         try:
             if any(char in name for char in "\n\r"):
                 raise UnsafeArchiveError("line break in name")
             safe_entry_name(name)
+            guard.admit(name)
         except UnsafeArchiveError as exc:
             raise UnsupportedError(
                 f"cannot archive model file {name!r}: its name is not portable ({exc}); rename it"
@@ -314,13 +312,22 @@ def _consume(name: str, stream, staging: Path | None, on_bytes) -> tuple[FileRec
     if staging is None:
         sink = _MemorySink() if name in _CAPTURED else _NullSink()
         size, digest = copy_and_hash(stream, sink, on_bytes)
+        _check_document_size(name, size)
         return FileRecord(name, size, digest), sink.getvalue()
     target = staging / name
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("xb") as sink:
         size, digest = copy_and_hash(stream, sink, on_bytes)
+    _check_document_size(name, size)
     captured = target.read_bytes() if name in _CAPTURED else b""
     return FileRecord(name, size, digest), captured
+
+
+def _check_document_size(name: str, size: int) -> None:
+    """The two documents are read into memory; no real archive's come near this."""
+    if name in _CAPTURED and size > MAX_DOCUMENT_BYTES:
+        _refuse(name, f"larger than {MAX_DOCUMENT_BYTES} bytes, which no real archive needs; "
+                      "the archive is unsafe")
 
 
 class _NullSink:

@@ -25,6 +25,7 @@ from mlflow_archive_plugin.tracking import (
     MLFLOW_MODEL_VERSIONS,
     connect,
     environment,
+    filter_value,
     is_missing,
     mlflow_errors,
     redact_uri,
@@ -130,7 +131,7 @@ def _registered_version(client: MlflowClient, logged):
 
 
 def _latest_version(client: MlflowClient, name: str) -> str:
-    versions = client.search_model_versions(f"name = '{name}'")
+    versions = client.search_model_versions(f"name = {filter_value(name)}")
     if not versions:
         raise ModelNotFoundError(f"registered model {name!r} has no versions")
     return str(max(int(v.version) for v in versions))
@@ -156,7 +157,8 @@ def _logged_in_run(client: MlflowClient, run_id: str, name: str):
     token = None
     while True:
         page = client.search_logged_models(
-            experiment_ids=[experiment_id], filter_string=f"name = '{name}'", page_token=token
+            experiment_ids=[experiment_id], filter_string=f"name = {filter_value(name)}",
+            page_token=token,
         )
         for logged in page:
             if logged.source_run_id == run_id:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, Metric, Param
 from mlflow.exceptions import MlflowException
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from mlflow_archive_plugin.errors import TrackingServerError, UnsupportedError, VersionExistsError
 from mlflow_archive_plugin.snapshot import Snapshot
@@ -25,6 +24,8 @@ from mlflow_archive_plugin.tracking import (
     MLFLOW_MODEL_VERSIONS,
     connect,
     environment,
+    filter_value,
+    global_tracking_uri,
     is_missing,
     mlflow_errors,
     resolve_tracking_uri,
@@ -35,6 +36,7 @@ SOURCE_PREFIX = "mlflow_archive.source."
 _TERMINAL_STATUSES = {"FINISHED", "FAILED", "KILLED"}
 # Tags MLflow maintains itself on the target; copying the source's values would be wrong there.
 _MLFLOW_MANAGED_TAGS = {MLFLOW_MODEL_VERSIONS}
+_SOURCE_ONLY_RUN_TAGS = {"mlflow.parentRunId", "mlflow.rootRunId"}
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 
@@ -48,6 +50,7 @@ class Registered:
     reused: bool
     run_id: str | None = None
     model_id: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -106,7 +109,7 @@ def register(
             # SQL registries resolve the version's models:/m-<id> source through the *global*
             # tracking URI (an MLflow TODO), so point it at the target while registering.
             # Ending a run on a server prints its URL to stdout, which would corrupt --json.
-            with _use_tracking_uri(tracking_uri), environment(
+            with global_tracking_uri(tracking_uri), environment(
                 MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true"
             ):
                 return _create_all(client, created, snapshot, digest, target, experiment, aliases)
@@ -130,6 +133,7 @@ def _create_all(client, created, snapshot, digest, target, experiment, aliases) 
         tags=_version_tags(snapshot, digest),
         description=snapshot.model_version.description if snapshot.model_version else None,
         model_id=model_id,
+        run_link=snapshot.model_version.run_link if snapshot.model_version else None,
     )
     created.version = (target, str(version.version))
     # What mlflow.register_model does and a bare create_model_version does not: the model's
@@ -137,10 +141,27 @@ def _create_all(client, created, snapshot, digest, target, experiment, aliases) 
     client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
         [{"name": target, "version": int(version.version)}]
     )})
+    warnings = []
     if aliases and snapshot.model_version is not None:
-        for alias in snapshot.model_version.aliases:
-            client.set_registered_model_alias(target, alias, str(version.version))
-    return Registered(target, str(version.version), False, run_id, model_id)
+        warnings = _set_free_aliases(client, target, str(version.version),
+                                     snapshot.model_version.aliases)
+    return Registered(target, str(version.version), False, run_id, model_id, warnings)
+
+
+def _set_free_aliases(client, name: str, version: str, aliases: list[str]) -> list[str]:
+    """Set the archive's aliases, except those the target already points elsewhere: moving
+    ``champion`` is a deployment decision, not an import side effect."""
+    current = client.get_registered_model(name).aliases or {}
+    taken = {alias: str(v) for alias, v in current.items()}
+    warnings = []
+    for alias in aliases:
+        if taken.get(alias, version) != version:
+            warnings.append(f"alias {alias!r} of {name!r} already points at version "
+                            f"{taken[alias]}; left there (move it yourself to use version "
+                            f"{version})")
+        else:
+            client.set_registered_model_alias(name, alias, version)
+    return warnings
 
 
 def _model_id_of(version) -> str | None:
@@ -153,14 +174,15 @@ def _model_id_of(version) -> str | None:
 
 def _version_with_digest(client: MlflowClient, name: str, digest: str):
     """The lowest-numbered version of ``name`` imported from an archive with ``digest``."""
-    escaped = name.replace("'", "\\'")
+    # The digest is hex, so the filter needs no quoting; the name is compared here.
     try:
-        versions = list(_all_versions(client, f"name = '{escaped}'"))
+        versions = list(_all_versions(client, f"tags.`{DIGEST_TAG}` = {filter_value(digest)}"))
     except MlflowException as exc:
         if is_missing(exc):
             return None
         raise
-    matching = [v for v in versions if (v.tags or {}).get(DIGEST_TAG) == digest]
+    matching = [v for v in versions
+                if v.name == name and (v.tags or {}).get(DIGEST_TAG) == digest]
     return min(matching, key=lambda v: int(v.version), default=None)
 
 
@@ -195,7 +217,10 @@ def _create_run(client, created: _Created, snapshot: Snapshot, experiment_id: st
     run = snapshot.run
     if run is None:
         return None
-    tags = dict(run.tags)
+    # Parent and root run ids name runs that do not exist on the target: keep them as lineage.
+    tags = {k: v for k, v in run.tags.items() if k not in _SOURCE_ONLY_RUN_TAGS}
+    tags.update(_source_tags({key.removeprefix("mlflow."): value for key, value in run.tags.items()
+                              if key in _SOURCE_ONLY_RUN_TAGS}))
     tags.update(_source_tags({"run_id": run.run_id, "experiment_id": run.experiment_id,
                               "experiment_name": run.experiment_name, "user_id": run.user_id,
                               "tracking_uri": snapshot.lineage.source_tracking_uri}))

@@ -185,7 +185,7 @@ class Snapshot:
         try:
             files = [FileRecord(str(f["path"]), int(f["size"]), str(f["sha256"]))
                      for f in document.get("files", [])]
-            return cls(
+            snapshot = cls(
                 model_dir=model_dir,
                 mlmodel=mlmodel,
                 lineage=_build(Lineage, document.get("lineage")) or Lineage(),
@@ -197,8 +197,40 @@ class Snapshot:
                 model_path=model_path,
                 files=files,
             )
+            _check_values(snapshot)
+            return snapshot
         except (KeyError, TypeError, ValueError) as exc:
             raise _malformed(f"a field has the wrong shape ({exc})") from exc
+
+
+def _check_values(snapshot: Snapshot) -> None:
+    """Import replays these into MLflow; a wrong type must fail here, before anything exists."""
+    for section in (snapshot.registered_model, snapshot.model_version, snapshot.logged_model,
+                    snapshot.run):
+        for field_name in ("tags", "params"):
+            values = getattr(section, field_name, None) or {}
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
+                raise TypeError(f"{type(section).__name__}.{field_name} must map text to text")
+    if snapshot.run is not None:
+        for key, history in snapshot.run.metrics.items():
+            if not isinstance(history, list):
+                raise TypeError(f"run metric {key!r} history is not a list")
+            for point in history:
+                _check_point(point)
+    if snapshot.logged_model is not None:
+        for point in snapshot.logged_model.metrics:
+            _check_point(point)
+            if not isinstance(point.get("key"), str):
+                raise TypeError("a logged-model metric point has no text 'key'")
+
+
+def _check_point(point: Any) -> None:
+    if not isinstance(point, dict):
+        raise TypeError("a metric point is not an object")
+    for name, kinds in (("value", (int, float)), ("step", int), ("timestamp", int)):
+        value = point.get(name)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise TypeError(f"a metric point's {name!r} is not a number")
 
 
 def _as_dict(section: Any) -> dict[str, Any] | None:

@@ -17,12 +17,11 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
-    RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
     ErrorCode,
 )
 
-from mlflow_archive_plugin.errors import ModelNotFoundError, TrackingServerError
+from mlflow_archive_plugin.errors import ModelNotFoundError, TrackingServerError, UnsupportedError
 
 # The tag MLflow keeps on a LoggedModel listing the registered versions made from it.
 MLFLOW_MODEL_VERSIONS = "mlflow.modelVersions"
@@ -83,11 +82,6 @@ def is_missing(exc: MlflowException) -> bool:
     return error_code(exc) == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
 
 
-def is_duplicate(exc: MlflowException) -> bool:
-    """Whether MLflow said the thing to create already exists."""
-    return error_code(exc) == ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
-
-
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, for one-line errors."""
     text = str(exc).strip()
@@ -105,6 +99,35 @@ def mlflow_errors(action: str) -> Iterator[None]:
         raise TrackingServerError(f"{action}: {first_line(exc)}") from exc
     except requests.RequestException as exc:
         raise TrackingServerError(f"{action}: {first_line(exc)}") from exc
+
+
+def filter_value(value: str) -> str:
+    """``value`` quoted for an MLflow search filter (which knows no backslash escapes)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise UnsupportedError(f"cannot search MLflow for {value!r}: it holds both quote characters")
+
+
+@contextlib.contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's global tracking URI at ``uri``, then restore it exactly as it was.
+
+    MLflow's own ``_use_tracking_uri`` restores an unset URI by deleting the caller's
+    ``MLFLOW_TRACKING_URI`` environment variable; this keeps it.
+    """
+    from mlflow.tracking._tracking_service import utils
+
+    saved_uri = utils._tracking_uri
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+        if saved_env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 @contextlib.contextmanager

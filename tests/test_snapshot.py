@@ -73,7 +73,8 @@ def full_snapshot(model_dir: Path = MODEL_DIR) -> Snapshot:
             end_time=2,
             params={"alpha": "0.5"},
             tags={"mlflow.user": "alice"},
-            metrics={"loss": [{"value": 1.0, "step": 0}, {"value": 0.5, "step": 1}]},
+            metrics={"loss": [{"value": 1.0, "step": 0, "timestamp": 10},
+                              {"value": 0.5, "step": 1, "timestamp": 20}]},
         ),
         files=[FileRecord("model/MLmodel", 12, "a" * 64)],
     )
