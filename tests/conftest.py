@@ -106,6 +106,17 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def register_iris_model(tracking_uri: str, name: str) -> None:
+    """Log a small fitted LogisticRegression and register it as ``name`` version 1."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_iris(return_X_y=True)
+    with global_tracking_uri(tracking_uri), mlflow.start_run():
+        mlflow.sklearn.log_model(LogisticRegression(max_iter=200).fit(X, y), name="model",
+                                 registered_model_name=name)
+
+
 def load_and_predict(model_uri: str, tracking_uri: str, X: np.ndarray) -> np.ndarray:
     with global_tracking_uri(tracking_uri):
         model = mlflow.pyfunc.load_model(model_uri)

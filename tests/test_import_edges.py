@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import register_iris_model
 from mlflow import MlflowClient
 
 from mlflow_archive_plugin import export_model, import_archive, verify_archive
@@ -24,20 +25,9 @@ QUOTED_NAME = "o'brien"
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """``o'brien`` version 1 with alias ``champion``, in an embedded SQLite registry."""
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
-
     folder = tmp_path_factory.mktemp("edges")
     uri = f"sqlite:///{folder / 'source.db'}"
-    X, y = load_iris(return_X_y=True)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run():
-            mlflow.sklearn.log_model(LogisticRegression(max_iter=200).fit(X, y), name="model",
-                                     registered_model_name=QUOTED_NAME)
-    finally:
-        mlflow.set_tracking_uri(previous)
+    register_iris_model(uri, QUOTED_NAME)
     MlflowClient(uri).set_registered_model_alias(QUOTED_NAME, "champion", "1")
     archive = export_model(f"models:/{QUOTED_NAME}/1", folder / "a.zip", tracking_uri=uri)
     return uri, Path(archive.location)

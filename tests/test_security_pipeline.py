@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import register_iris_model
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from mlflow import MlflowClient
@@ -43,21 +44,9 @@ def _write_key_pair(folder: Path, stem: str) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A registered sklearn model in an embedded SQLite registry, and two EC key pairs."""
-    import mlflow
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
-
     folder = tmp_path_factory.mktemp("security-source")
     uri = f"sqlite:///{folder / 'source.db'}"
-    X, y = load_iris(return_X_y=True)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run():
-            mlflow.sklearn.log_model(LogisticRegression(max_iter=200).fit(X, y), name="model",
-                                     registered_model_name=MODEL_NAME)
-    finally:
-        mlflow.set_tracking_uri(previous)
+    register_iris_model(uri, MODEL_NAME)
     keys = {"good": _write_key_pair(folder, "good"), "other": _write_key_pair(folder, "other")}
     return folder, uri, keys
 
