@@ -239,6 +239,16 @@ def verify_command(source, as_json, quiet, max_members, max_size, max_ratio, key
         sys.exit(1)
 
 
+@cli.command("model-archiver", add_help_option=False,
+             context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def model_archiver_command(args):
+    """torch-model-archiver, flag for flag (--model-name, --version, --handler, ...)."""
+    from mlflow_archive_plugin.torchserve.cli import main as archiver_main
+
+    sys.exit(archiver_main(list(args), prog="mlflow-archive model-archiver"))
+
+
 def _findings(pickles: list[dict[str, Any]]) -> list[PickleFinding]:
     return [PickleFinding(**finding) for finding in pickles]
 

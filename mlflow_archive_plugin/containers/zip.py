@@ -49,15 +49,21 @@ def _zip_time(seconds: float) -> tuple[int, int, int, int, int, int]:
 
 
 class ZipWriter(ContainerWriter):
-    """Writes a zip (ZIP64 when needed) to a seekable binary stream."""
+    """Writes a zip (ZIP64 when needed) to a seekable binary stream.
 
-    def __init__(self, target: BinaryIO) -> None:
+    The stream is seekable, so every entry's sizes and CRC go into its local header and no
+    entry carries a data descriptor: Java's ``ZipInputStream`` (TorchServe) refuses STORED
+    entries that do. ``store_only`` stores every file uncompressed.
+    """
+
+    def __init__(self, target: BinaryIO, *, store_only: bool = False) -> None:
         self._zip = zipfile.ZipFile(target, "w", allowZip64=True)
+        self._store_only = store_only
 
     def add_file(self, arcname: str, src: Path, on_bytes: ProgressCallback = None) -> FileRecord:
         info = zipfile.ZipInfo(arcname, _zip_time(src.stat().st_mtime))
         info.file_size = src.stat().st_size
-        info.compress_type = _choose_compression(src)
+        info.compress_type = zipfile.ZIP_STORED if self._store_only else _choose_compression(src)
         info.external_attr = (stat.S_IFREG | 0o644) << 16
         with src.open("rb") as source, self._zip.open(info, "w") as sink:
             size, digest = copy_and_hash(source, sink, on_bytes)
@@ -65,7 +71,7 @@ class ZipWriter(ContainerWriter):
 
     def add_bytes(self, arcname: str, data: bytes) -> FileRecord:
         info = zipfile.ZipInfo(arcname, _zip_time(time.time()))
-        info.compress_type = zipfile.ZIP_DEFLATED
+        info.compress_type = zipfile.ZIP_STORED if self._store_only else zipfile.ZIP_DEFLATED
         info.external_attr = (stat.S_IFREG | 0o644) << 16
         self._zip.writestr(info, data)
         return FileRecord.of_bytes(arcname, data)

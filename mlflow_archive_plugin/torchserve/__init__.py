@@ -1,0 +1,20 @@
+"""TorchServe: a drop-in ``torch-model-archiver`` and the ``.mar`` layout of MLflow models.
+
+``ModelArchiverConfig`` and ``generate_model_archive`` take the same fields and produce the
+same archives as ``model_archiver``'s, without its shared staging folder and with clear
+errors where it would overwrite one file with another.
+"""
+
+from mlflow_archive_plugin.torchserve.archiver import (
+    ModelArchiverConfig,
+    ModelArchiverError,
+    generate_manifest,
+    generate_model_archive,
+)
+
+__all__ = [
+    "ModelArchiverConfig",
+    "ModelArchiverError",
+    "generate_manifest",
+    "generate_model_archive",
+]
