@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 from mlflow_archive_plugin.archive import (
     ReadLimits,
     Scanned,
+    archive_digest,
     metadata_problems,
     read_snapshot,
     scan_archive,
@@ -26,9 +28,16 @@ from mlflow_archive_plugin.errors import (
     SignatureError,
     UnsupportedError,
 )
-from mlflow_archive_plugin.integrity import CHECKSUM_NAME
-from mlflow_archive_plugin.layouts import Entry, get_layout
-from mlflow_archive_plugin.location import is_folder_target, refuse_existing, resolve
+from mlflow_archive_plugin.flavor import save_archive_model, stored_archive
+from mlflow_archive_plugin.integrity import CHECKSUM_NAME, hash_stream
+from mlflow_archive_plugin.layouts import Entry, Layout, detect_layout, get_layout
+from mlflow_archive_plugin.location import (
+    is_folder_target,
+    publish_file,
+    publish_folder,
+    refuse_existing,
+    resolve,
+)
 from mlflow_archive_plugin.scanning import SCAN_MODES, enforce, scan_pickles
 from mlflow_archive_plugin.signing import SIGNATURE_NAME, sign_model_dir, verify_model_dir
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
@@ -116,6 +125,7 @@ def export_model(
     storage_options: dict | None = None,
     progress: bool | None = None,
     sign_key: str | os.PathLike | None = None,
+    options: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Export the model at ``model_uri`` as an archive at ``dest``.
 
@@ -125,7 +135,12 @@ def export_model(
     version; it defaults to the working directory. An existing file is replaced only with
     ``force``; the archive appears there only once complete. With ``sign_key`` (a PEM
     elliptic-curve private key) the model files are signed with OpenSSF model-signing and the
-    signature travels as ``model.sig`` at the archive root.
+    signature travels as ``model.sig`` at the archive root. ``options`` are the format's own
+    settings; for ``mar``: ``handler``, ``model_file``, ``serialized_file``, ``extra_files``,
+    ``config_file`` and ``requirements_file``, which replace or extend the generated parts.
+
+    A model imported from a foreign archive (a ``.mar`` made by torch-model-archiver) is
+    exported in that archive's format as the very bytes that were imported.
     """
     layout = get_layout(format)
     raw_dest = os.fspath(dest) if dest is not None else os.getcwd() + os.sep
@@ -133,7 +148,7 @@ def export_model(
     into_folder = is_folder_target(location, raw_dest)
     chosen = get_container(
         container or layout.default_container if into_folder
-        else _container_for(location.path, container, layout.default_container)
+        else _container_for(location.path, container, layout)
     )
     if chosen.name not in layout.containers:
         raise UnsupportedError(
@@ -150,15 +165,20 @@ def export_model(
         snapshot = read_model(
             model_uri, download, tracking_uri=tracking_uri, registry_uri=registry_uri
         )
+        stored = stored_archive(snapshot.model_dir, snapshot.mlmodel)
+        if stored is not None and stored[0].get("layout") == layout.name and not options:
+            return _export_stored(snapshot, stored, location, into_folder, container, force,
+                                  sign_key)
         extra: tuple[Entry, ...] = ()
         if sign_key is not None:
             signature = Path(scratch) / SIGNATURE_NAME
             sign_model_dir(snapshot.model_dir, Path(sign_key), signature)
             extra = (Entry(SIGNATURE_NAME, source=signature),)
         if into_folder:
-            location = location.child(layout.file_stem(snapshot) + chosen.extension)
+            location = location.child(layout.file_stem(snapshot) + layout.extension(chosen))
         written = write_archive(
-            snapshot, layout, chosen, location, force=force, show_progress=progress, extra=extra
+            snapshot, layout, chosen, location, force=force, show_progress=progress, extra=extra,
+            options=options,
         )
     version = snapshot.model_version
     return ExportResult(
@@ -211,7 +231,10 @@ def import_archive(
 
     probe(resolve_tracking_uri(tracking_uri))
     location = resolve(source, storage_options)
-    with _extracted(location, progress, limits, keep_going=False) as (root, scanned):
+    with (
+        _extracted(location, progress, limits, keep_going=False) as (root, scanned),
+        tempfile.TemporaryDirectory(prefix="mlflow-archive-model-") as wrapped,
+    ):
         snapshot = read_snapshot(root, scanned)
         problems = metadata_problems(snapshot, scanned)
         if problems:
@@ -219,7 +242,14 @@ def import_archive(
         if verify_key is not None:
             verify_model_dir(snapshot.model_dir, root / SIGNATURE_NAME, Path(verify_key))
         pickle_warnings = enforce(scan_pickles(root), scan)
-        digest = scanned.digest or ""
+        digest = archive_digest(scanned)
+        if snapshot.is_foreign:
+            # No MLflow model inside: keep the archive itself, as it came, plus its files.
+            snapshot.model_dir = Path(wrapped, "model")
+            snapshot.mlmodel = save_archive_model(
+                location, scanned.container, root, snapshot.model_dir, layout=snapshot.layout,
+                manifest=snapshot.foreign_manifest or {}, digest=digest,
+            )
         registered = register(
             snapshot,
             digest,
@@ -242,18 +272,61 @@ def import_archive(
     )
 
 
-def _container_for(path: str, requested: str | None, default: str) -> str:
-    """The container a destination file name asks for (``m.tar.gz``), checked against
-    ``requested``; a name with no known extension takes ``requested`` or the default."""
+def _export_stored(snapshot: Snapshot, stored: tuple[dict[str, Any], Path], location,
+                   into_folder: bool, container: str | None, force: bool,
+                   sign_key) -> ExportResult:
+    """Publish an imported foreign archive as it came, byte for byte."""
+    flavor, path = stored
+    kept = str(flavor.get("container"))
+    if container is not None and get_container(container).name != kept:
+        raise UnsupportedError(
+            f"this model is a {flavor.get('layout')} archive stored as {kept}; export it with "
+            f"--container {kept}, or re-pack its files with --format mlflow"
+        )
+    if sign_key is not None:
+        raise UnsupportedError("an imported foreign archive is exported unchanged, so it "
+                               "cannot be signed; export it with --format mlflow to sign it")
+    if into_folder:
+        location = location.child(str(flavor.get("file_name") or path.name))
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if path.is_dir():
+        with publish_folder(location, force) as target:
+            shutil.copytree(path, target, dirs_exist_ok=True)
+        size = sha256 = None
+    else:
+        with publish_file(location, force) as target, path.open("rb") as source:
+            shutil.copyfileobj(source, target, 1024 * 1024)
+        with path.open("rb") as source:
+            size, sha256 = hash_stream(source)
+    version = snapshot.model_version
+    return ExportResult(
+        location=location.url,
+        format=str(flavor.get("layout")),
+        container=kept,
+        size=size,
+        sha256=sha256,
+        file_count=len(files),
+        digest=str(flavor.get("digest") or ""),
+        model_name=snapshot.registered_model.name if snapshot.registered_model else None,
+        model_version=version.version if version else None,
+    )
+
+
+def _container_for(path: str, requested: str | None, layout: Layout) -> str:
+    """The container a destination file name asks for (``m.tar.gz``, ``m.mar``), checked
+    against ``requested``; a name with no known extension takes ``requested`` or the
+    layout's default."""
     by_name = None
-    for name, container in sorted(CONTAINERS.items(), key=lambda c: -len(c[1].extension)):
-        if container.extension and path.endswith(container.extension):
+    known = {c.extension: name for name, c in CONTAINERS.items() if c.extension}
+    known.update({layout.extension(CONTAINERS[name]): name for name in layout.containers})
+    for extension, name in sorted(known.items(), key=lambda item: -len(item[0])):
+        if extension and path.endswith(extension):
             by_name = name
             break
     if path.endswith(".tgz"):
         by_name = "tar.gz"
     if requested is None:
-        return by_name or default
+        return by_name or layout.default_container
     if by_name is not None and by_name != get_container(requested).name:
         raise UnsupportedError(
             f"the destination {os.path.basename(path)!r} names a {by_name} file but the "
@@ -283,10 +356,17 @@ def inspect_archive(
     location = resolve(source, storage_options)
     with _extracted(location, False, limits, keep_going=True) as (root, scanned):
         findings = scan_pickles(root)
-    metadata = _parse_metadata(scanned.captured.get(METADATA_NAME))
+        metadata = _parse_metadata(scanned.captured.get(METADATA_NAME))
+        if metadata:
+            layout = str(metadata.get("layout", "unknown"))
+        else:
+            try:
+                layout = detect_layout(set(scanned.records), root).name
+            except UnsupportedError:
+                layout = "unknown"
     return ArchiveInfo(
         location=location.url,
-        layout=str(metadata.get("layout", "unknown")) if metadata else "unknown",
+        layout=layout,
         container=scanned.container,
         metadata=metadata,
         files=[record.to_dict() for _, record in sorted(scanned.records.items())],

@@ -7,6 +7,7 @@ anything is written) -> files hashed as they stream -> checksums compared -> lay
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import uuid
 from collections.abc import Callable
@@ -60,6 +61,8 @@ class Scanned:
     records: dict[str, FileRecord] = field(default_factory=dict)
     captured: dict[str, bytes] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    # The one folder every entry sat under (``name/`` in a .mar's tgz), removed from names.
+    prefix: str = ""
 
     @property
     def digest(self) -> str | None:
@@ -153,13 +156,17 @@ def write_archive(
     force: bool = False,
     show_progress: bool | None = None,
     extra: tuple[Entry, ...] = (),
+    options: dict | None = None,
 ) -> Written:
     """Write ``snapshot`` as ``layout`` in ``container`` at ``location``, atomically.
 
     ``extra`` entries (a signature, say) follow the layout's own and are covered by
-    ``checksum.txt`` but not listed as model files.
+    ``checksum.txt`` but not listed as model files. ``options`` go to the layout. Where the
+    layout puts every entry under a folder (a .mar's tgz), names in ``checksum.txt`` and the
+    metadata document are relative to that folder, so ``sha256sum -c`` works inside it.
     """
-    entries = layout.plan(snapshot)
+    entries = layout.plan(snapshot, options)
+    prefix = layout.entry_prefix(snapshot, container)
     _check_portable_names(entry.arcname for entry in [*entries, *extra])
     total = sum(entry.source.stat().st_size for entry in entries if entry.source is not None)
     publisher = publish_folder if container.is_folder else publish_file
@@ -169,14 +176,20 @@ def write_archive(
         container.open_writer(target) as writer,
     ):
         records = [
-            writer.add_file(entry.arcname, entry.source, on_bytes) if entry.source is not None
-            else writer.add_bytes(entry.arcname, entry.data or b"")
+            dataclasses.replace(
+                writer.add_file(prefix + entry.arcname, entry.source, on_bytes)
+                if entry.source is not None
+                else writer.add_bytes(prefix + entry.arcname, entry.data or b""),
+                path=entry.arcname,
+            )
             for entry in [*entries, *extra]
         ]
         snapshot.files = records[:len(entries)]
-        records.append(writer.add_bytes(METADATA_NAME, snapshot.to_json()))
+        metadata = snapshot.to_json()
+        writer.add_bytes(prefix + METADATA_NAME, metadata)
+        records.append(FileRecord.of_bytes(METADATA_NAME, metadata))
         checksums = render_checksums(records)
-        writer.add_bytes(CHECKSUM_NAME, checksums)
+        writer.add_bytes(prefix + CHECKSUM_NAME, checksums)
     if container.is_folder:
         return Written(records, content_digest(checksums), None, None)
     size, sha256 = _measure(location)
@@ -224,8 +237,9 @@ def scan_archive(
         staging.mkdir()
     try:
         scanned = _scan(location, staging, keep_going, show_progress, limits or ReadLimits())
+        _strip_wrapper_folder(scanned)
         if staging is not None:
-            for child in staging.iterdir():
+            for child in (staging / scanned.prefix).iterdir():
                 child.rename(extract_to / child.name)
     finally:
         if staging is not None:
@@ -254,6 +268,31 @@ def _scan(location: Location, staging: Path | None, keep_going: bool, show_progr
                     raise
                 scanned.problems.append(str(exc))
     return scanned
+
+
+# Documents whose presence inside a lone top-level folder marks that folder as a wrapper.
+_ROOT_MARKERS = (CHECKSUM_NAME, METADATA_NAME, "MAR-INF/MANIFEST.json")
+
+
+def _strip_wrapper_folder(scanned: Scanned) -> None:
+    """Treat ``name/`` as the archive's root when every entry is under it and it holds the
+    archive's documents, as in torch-model-archiver's tgz format."""
+    names = list(scanned.records)
+    if not names or any("/" not in name for name in names):
+        return
+    tops = {name.split("/", 1)[0] for name in names}
+    prefix = f"{tops.pop()}/"
+    if tops or not any(prefix + marker in scanned.records for marker in _ROOT_MARKERS):
+        return
+    scanned.prefix = prefix
+    scanned.records = {name.removeprefix(prefix): dataclasses.replace(
+        record, path=record.path.removeprefix(prefix)) for name, record in scanned.records.items()}
+    scanned.captured = {name.removeprefix(prefix): data for name, data in scanned.captured.items()}
+
+
+def _is_captured(name: str) -> bool:
+    """A document kept in memory: at the root, or one folder down (a wrapper folder's)."""
+    return name in _CAPTURED or (name.count("/") == 1 and name.split("/", 1)[1] in _CAPTURED)
 
 
 class _NameGuard:
@@ -302,7 +341,7 @@ def _scan_entries(entries, scanned: Scanned, staging, keep_going, budget: _Budge
             scanned.problems.append(str(exc))
             continue
         scanned.records[name] = record
-        if name in _CAPTURED:
+        if _is_captured(name):
             scanned.captured[name] = captured
 
 
@@ -310,7 +349,7 @@ def _consume(name: str, stream, staging: Path | None, on_bytes) -> tuple[FileRec
     """Hash one entry (writing it under ``staging`` if given); small documents are kept."""
     sink: Any
     if staging is None:
-        sink = _MemorySink() if name in _CAPTURED else _NullSink()
+        sink = _MemorySink() if _is_captured(name) else _NullSink()
         size, digest = copy_and_hash(stream, sink, on_bytes)
         _check_document_size(name, size)
         return FileRecord(name, size, digest), sink.getvalue()
@@ -319,13 +358,13 @@ def _consume(name: str, stream, staging: Path | None, on_bytes) -> tuple[FileRec
     with target.open("xb") as sink:
         size, digest = copy_and_hash(stream, sink, on_bytes)
     _check_document_size(name, size)
-    captured = target.read_bytes() if name in _CAPTURED else b""
+    captured = target.read_bytes() if _is_captured(name) else b""
     return FileRecord(name, size, digest), captured
 
 
 def _check_document_size(name: str, size: int) -> None:
     """The two documents are read into memory; no real archive's come near this."""
-    if name in _CAPTURED and size > MAX_DOCUMENT_BYTES:
+    if _is_captured(name) and size > MAX_DOCUMENT_BYTES:
         _refuse(name, f"larger than {MAX_DOCUMENT_BYTES} bytes, which no real archive needs; "
                       "the archive is unsafe")
 
@@ -360,8 +399,13 @@ def _source_size(location: Location, container: str) -> int | None:
 
 
 def read_snapshot(root: Path, scanned: Scanned) -> Snapshot:
-    """The snapshot of an archive extracted at ``root``, after its checksums were verified."""
-    problems = scanned.integrity_problems()
+    """The snapshot of an archive extracted at ``root``, after its checksums were verified.
+
+    An archive another tool wrote (no metadata document, no ``checksum.txt``) has nothing to
+    verify against; it must still read cleanly, and its digest is taken over what was read.
+    """
+    foreign = METADATA_NAME not in scanned.records and CHECKSUM_NAME not in scanned.records
+    problems = list(scanned.problems) if foreign else scanned.integrity_problems()
     if problems:
         raise IntegrityError(
             f"archive failed verification: {problems[0]}"
@@ -369,6 +413,15 @@ def read_snapshot(root: Path, scanned: Scanned) -> Snapshot:
             problems,
         )
     return detect_layout(set(scanned.records), root).read(root)
+
+
+def archive_digest(scanned: Scanned) -> str:
+    """The content digest: of ``checksum.txt``, or, for a foreign archive, of the checksum
+    list its files would have, so the same files give the same digest in any container."""
+    if scanned.digest is not None:
+        return scanned.digest
+    return content_digest(render_checksums(sorted(scanned.records.values(),
+                                                  key=lambda record: record.path)))
 
 
 def metadata_problems(snapshot: Snapshot, scanned: Scanned) -> list[str]:

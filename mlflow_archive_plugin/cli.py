@@ -18,7 +18,7 @@ import click
 from mlflow_archive_plugin import api
 from mlflow_archive_plugin.api import ON_EXISTS_CHOICES
 from mlflow_archive_plugin.archive import ReadLimits
-from mlflow_archive_plugin.containers import CONTAINERS
+from mlflow_archive_plugin.containers import CONTAINER_NAMES
 from mlflow_archive_plugin.errors import ArchiveError
 from mlflow_archive_plugin.layouts import LAYOUTS
 from mlflow_archive_plugin.scanning import SCAN_MODES, PickleFinding, enforce
@@ -129,12 +129,28 @@ def _progress(quiet: bool) -> bool | None:
     return False if quiet else None
 
 
+def _mar_options(command):
+    """torch-model-archiver's flags for what goes into a .mar besides the MLflow model."""
+    helps = {
+        "handler": "Your handler file (handler.py or handler:function) or a TorchServe "
+                   "built-in, instead of the generated one.",
+        "model-file": "Python file with the model's class (eager PyTorch).",
+        "serialized-file": "A weights file to add and name in the manifest.",
+        "extra-files": "Comma-separated files, folders or wildcards to add.",
+        "config-file": "TorchServe model YAML config (batch size, workers ...).",
+        "requirements-file": "requirements.txt instead of the model's own pinned one.",
+    }
+    for flag, text in reversed(helps.items()):
+        command = click.option(f"--{flag}", help=f"[--format mar] {text}")(command)
+    return command
+
+
 @cli.command("export")
 @click.argument("model_uri")
 @click.option("-o", "--output", "dest", help="File, URL, or folder to write into (default: .).")
 @click.option("--format", "fmt", type=click.Choice(sorted(LAYOUTS)), default="mlflow",
               show_default=True, help="Archive layout.")
-@click.option("--container", type=click.Choice(sorted(CONTAINERS)),
+@click.option("--container", type=click.Choice(CONTAINER_NAMES),
               help="How the files are packed (default: the format's own, zip for mlflow).")
 @click.option("--force", is_flag=True, help="Replace an existing archive at the destination.")
 @click.option("--tracking-uri", help=_TRACKING_HELP)
@@ -142,12 +158,23 @@ def _progress(quiet: bool) -> bool | None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--sign-key", type=_KEY, help="Sign the model files with this PEM EC private key "
               "(OpenSSF model-signing; needs the [sign] extra).")
+@_mar_options
 def export_command(model_uri, dest, fmt, container, force, tracking_uri, as_json, quiet,
-                   sign_key):
-    """Export MODEL_URI (models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID, runs:/RUN/NAME)."""
+                   sign_key, **mar):
+    """Export MODEL_URI (models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID, runs:/RUN/NAME).
+
+    With --format mar the archive is a TorchServe .mar serving the model through
+    mlflow.pyfunc; --handler, --model-file, --serialized-file, --extra-files, --config-file
+    and --requirements-file replace or extend the generated parts, as torch-model-archiver's
+    flags of the same names do.
+    """
+    options = {key: value for key, value in mar.items() if value is not None}
+    if options and fmt != "mar":
+        flag = "--" + next(iter(options)).replace("_", "-")
+        raise click.UsageError(f"{flag} applies to --format mar only")
     result = api.export_model(model_uri, dest, format=fmt, container=container, force=force,
                               tracking_uri=tracking_uri, progress=_progress(quiet),
-                              sign_key=sign_key)
+                              sign_key=sign_key, options=options or None)
     data = {key: getattr(result, key) for key in
             ("location", "format", "container", "size", "sha256", "file_count", "digest")}
     _emit(as_json, data, [

@@ -114,6 +114,14 @@ class Snapshot:
     layout: str = "mlflow"
     model_path: str = "model"
     files: list[FileRecord] = field(default_factory=list)
+    # Set when the archive was not written by this plugin (a .mar from torch-model-archiver):
+    # the consumer's own manifest, from which the registry entry was guessed.
+    foreign_manifest: dict[str, Any] | None = None
+
+    @property
+    def is_foreign(self) -> bool:
+        """Whether the snapshot was read from another tool's archive, not from our metadata."""
+        return self.foreign_manifest is not None
 
     @property
     def display_name(self) -> str:

@@ -37,6 +37,8 @@ CONTAINERS: dict[str, Container] = {
     "folder": Container("folder", "", FolderWriter),
 }
 _ALIASES = {"tgz": "tar.gz", "gz": "tar.gz", "xz": "tar.xz", "bz2": "tar.bz2", "dir": "folder"}
+# Every name a user may give for a container, aliases included.
+CONTAINER_NAMES = tuple(sorted([*CONTAINERS, *_ALIASES]))
 
 
 def get_container(name: str) -> Container:
@@ -76,6 +78,7 @@ def open_reader(container: str, source: BinaryIO | Path) -> ContainerReader:
 
 __all__ = [
     "CONTAINERS",
+    "CONTAINER_NAMES",
     "Container",
     "ContainerReader",
     "ContainerWriter",

@@ -6,9 +6,11 @@ from pathlib import Path
 
 from mlflow_archive_plugin.errors import UnsupportedError
 from mlflow_archive_plugin.layouts.base import Entry, Layout
+from mlflow_archive_plugin.layouts.mar import MarLayout
 from mlflow_archive_plugin.layouts.mlflow import MlflowLayout
 
-LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (MlflowLayout(),)}
+# Detection tries them in this order: our own metadata document first, then foreign manifests.
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (MlflowLayout(), MarLayout())}
 
 
 def get_layout(name: str) -> Layout:
@@ -24,8 +26,8 @@ def detect_layout(names: set[str], root: Path) -> Layout:
         if layout.detect(names, root):
             return layout
     raise UnsupportedError(
-        "the archive holds no mlflow-archive.json and no manifest of a known format "
-        f"({', '.join(LAYOUTS)}); it was not written by mlflow-archive-plugin"
+        "the archive holds no mlflow-archive.json and no manifest of a format this plugin "
+        "reads (MAR-INF/MANIFEST.json for TorchServe); it is not a model archive"
     )
 
 

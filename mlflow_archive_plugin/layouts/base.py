@@ -9,8 +9,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mlflow_archive_plugin.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from mlflow_archive_plugin.containers import Container
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,19 @@ class Layout(ABC):
     containers: tuple[str, ...]
 
     @abstractmethod
-    def plan(self, snapshot: Snapshot) -> list[Entry]:
-        """The entries to write, model files first, before the shared metadata and checksums."""
+    def plan(self, snapshot: Snapshot, options: dict[str, Any] | None = None) -> list[Entry]:
+        """The entries to write, model files first, before the shared metadata and checksums.
+
+        ``options`` are the layout's own settings (a user's handler for ``.mar``, say).
+        """
+
+    def extension(self, container: Container) -> str:
+        """The file extension an archive in this layout gets in ``container``."""
+        return container.extension
+
+    def entry_prefix(self, snapshot: Snapshot, container: Container) -> str:
+        """A folder every entry goes under in ``container`` (``<name>/`` for a .mar's tgz)."""
+        return ""
 
     @abstractmethod
     def file_stem(self, snapshot: Snapshot) -> str:

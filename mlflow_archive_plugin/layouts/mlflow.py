@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
-from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
+from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError, UnsupportedError
 from mlflow_archive_plugin.layouts.base import Entry, Layout
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 
@@ -24,7 +25,11 @@ class MlflowLayout(Layout):
     default_container = "zip"
     containers = ("zip", "tar", "tar.gz", "tar.xz", "tar.bz2", "folder")
 
-    def plan(self, snapshot: Snapshot) -> list[Entry]:
+    def plan(self, snapshot: Snapshot, options: dict[str, Any] | None = None) -> list[Entry]:
+        if options:
+            raise UnsupportedError(
+                f"the mlflow format takes no options (got {', '.join(sorted(options))})"
+            )
         snapshot.layout = self.name
         snapshot.model_path = "model"
         return [
