@@ -45,7 +45,10 @@ class UnsafeArchiveError(ArchiveError):
 
     Raised for unsafe entry names, links and special files, archives past the read limits,
     and (with ``scan="strict"``) pickles that import dangerous or unknown globals.
+    ``reason`` is the bare cause where one is known (``"backslash in name"``).
     """
+
+    reason: str = ""
 
 
 class DestinationExistsError(ArchiveError):

@@ -55,7 +55,11 @@ def safe_entry_name(raw: str) -> str:
              for part in name.split("/")):
         reason = f"a path segment longer than {MAX_SEGMENT_BYTES} bytes"
     if reason is not None:
-        raise UnsafeArchiveError(f"refused archive entry {raw!r}: {reason}; the archive is unsafe")
+        error = UnsafeArchiveError(
+            f"refused archive entry {raw!r}: {reason}; the archive is unsafe"
+        )
+        error.reason = reason
+        raise error
     return name
 
 

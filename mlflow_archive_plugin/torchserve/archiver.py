@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 from mlflow_archive_plugin.containers import get_container
-from mlflow_archive_plugin.containers.base import collision_key
+from mlflow_archive_plugin.containers.base import collision_key, safe_entry_name
 from mlflow_archive_plugin.containers.zip import ZipWriter
-from mlflow_archive_plugin.errors import ArchiveError
+from mlflow_archive_plugin.errors import ArchiveError, UnsafeArchiveError
 from mlflow_archive_plugin.location import publish_file, publish_folder, resolve
 
 logger = logging.getLogger(__name__)
@@ -113,13 +113,23 @@ def plan_files(config: ModelArchiverConfig) -> dict[str, Path]:
     keys: dict[str, str] = {}
 
     def add(arcname: str, source: Path, what: str) -> None:
+        try:
+            safe_entry_name(arcname)
+        except UnsafeArchiveError as exc:
+            raise ModelArchiverError(
+                f"{what} {source} cannot be archived as {arcname!r}: {exc.reason or exc}, "
+                "which TorchServe and unzip tools would misplace; rename it"
+            ) from exc
         key = collision_key(arcname)
         if key in keys:
-            raise ModelArchiverError(
-                f"{what} {source} and {planned[keys[key]]} would both be archived as "
-                f"{arcname!r} (torch-model-archiver would silently keep only one); "
-                "rename one of them"
-            )
+            other = keys[key]
+            clash = ("would both be archived as " + repr(arcname)
+                     + " (torch-model-archiver would silently keep only one)") if other == arcname \
+                else (f"would be archived as {arcname!r} and {other!r}, which differ only in "
+                      "case or Unicode form and overwrite each other when extracted on macOS "
+                      "or Windows")
+            raise ModelArchiverError(f"{what} {source} and {planned[other]} {clash}; "
+                                     "rename one of them")
         keys[key] = arcname
         planned[arcname] = source
 
@@ -210,11 +220,19 @@ def _extra_files(extra: str | None) -> list[tuple[str, Path]]:
 
 
 def _folder_files(folder: Path) -> list[tuple[str, Path]]:
+    """A folder's files, links followed as torch-model-archiver's copy follows them (each
+    real folder once, so a link loop ends)."""
     files = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(
-            name for name in dirnames if name not in _SKIPPED_DIRS and not name.startswith(".")
-        )
+    seen = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        kept = []
+        for name in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if name in _SKIPPED_DIRS or name.startswith(".") or real in seen:
+                continue
+            seen.add(real)
+            kept.append(name)
+        dirnames[:] = kept
         for name in sorted(filenames):
             path = Path(dirpath, name)
             files.append((path.relative_to(folder).as_posix(), path))
