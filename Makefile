@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= .demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-torchserve lint bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,20 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mlflow_archive_plugin tests examples benchmarks
 
+# The main suite, then the TorchServe compatibility suite in its own tox env (real
+# torch-model-archiver + torchserve + CPU torch; Java 17). Either failing fails `make test`;
+# tox passes pytest's exit code through, so a run that collects nothing (5) fails too.
 test: lint
 	$(PY) -m pytest
+	$(MAKE) test-torchserve
+
+test-torchserve: $(STAMP)
+	$(VENV)/bin/tox -e torchserve
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_export.py --size-mib $(or $(BENCH_MIB),1024) --repeat $(or $(BENCH_REPEAT),3)
+	$(VENV)/bin/tox -e torchserve --notest
+	$(PY) benchmarks/bench_mar.py --size-mib $(or $(BENCH_MIB),1024) --repeat $(or $(BENCH_REPEAT),3) --real-python .tox/torchserve/bin/python
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info
+	rm -rf $(VENV) .tox $(DEMO_DIR) build dist *.egg-info

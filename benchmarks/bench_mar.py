@@ -5,7 +5,8 @@ run; the table gives medians, the ratio of the real archiver's time to ours and 
 peak RSS. The real archiver comes from the ``torchserve`` tox environment (``make bench``
 creates it) or from ``--real-python``.
 
-    python benchmarks/bench_mar.py --size-mib 1024 --repeat 3 --real-python .tox/torchserve/bin/python
+    python benchmarks/bench_mar.py --size-mib 1024 --repeat 3 \
+        --real-python .tox/torchserve/bin/python
 """
 
 from __future__ import annotations
