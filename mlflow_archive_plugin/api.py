@@ -167,7 +167,8 @@ def export_model(
         )
         stored = stored_archive(snapshot.model_dir, snapshot.mlmodel)
         if stored is not None and stored[0].get("layout") == layout.name and not options:
-            return _export_stored(snapshot, stored, location, into_folder, container, force,
+            asked = container or (None if into_folder else _container_named(location.path, layout))
+            return _export_stored(snapshot, stored, location, into_folder, asked, force,
                                   sign_key)
         extra: tuple[Entry, ...] = ()
         if sign_key is not None:
@@ -280,8 +281,9 @@ def _export_stored(snapshot: Snapshot, stored: tuple[dict[str, Any], Path], loca
     kept = str(flavor.get("container"))
     if container is not None and get_container(container).name != kept:
         raise UnsupportedError(
-            f"this model is a {flavor.get('layout')} archive stored as {kept}; export it with "
-            f"--container {kept}, or re-pack its files with --format mlflow"
+            f"this model is a {flavor.get('layout')} archive stored as {kept}, not "
+            f"{get_container(container).name}; export it to a {kept} file name or folder, or "
+            "re-pack its files with --format mlflow"
         )
     if sign_key is not None:
         raise UnsupportedError("an imported foreign archive is exported unchanged, so it "
@@ -312,19 +314,22 @@ def _export_stored(snapshot: Snapshot, stored: tuple[dict[str, Any], Path], loca
     )
 
 
-def _container_for(path: str, requested: str | None, layout: Layout) -> str:
-    """The container a destination file name asks for (``m.tar.gz``, ``m.mar``), checked
-    against ``requested``; a name with no known extension takes ``requested`` or the
-    layout's default."""
-    by_name = None
+def _container_named(path: str, layout: Layout) -> str | None:
+    """The container a destination file name asks for (``m.tar.gz``, ``m.mar``), if any."""
+    if path.endswith(".tgz"):
+        return "tar.gz"
     known = {c.extension: name for name, c in CONTAINERS.items() if c.extension}
     known.update({layout.extension(CONTAINERS[name]): name for name in layout.containers})
     for extension, name in sorted(known.items(), key=lambda item: -len(item[0])):
         if extension and path.endswith(extension):
-            by_name = name
-            break
-    if path.endswith(".tgz"):
-        by_name = "tar.gz"
+            return name
+    return None
+
+
+def _container_for(path: str, requested: str | None, layout: Layout) -> str:
+    """The container a destination file name asks for, checked against ``requested``; a
+    name with no known extension takes ``requested`` or the layout's default."""
+    by_name = _container_named(path, layout)
     if requested is None:
         return by_name or layout.default_container
     if by_name is not None and by_name != get_container(requested).name:

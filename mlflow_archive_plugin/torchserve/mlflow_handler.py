@@ -38,11 +38,11 @@ class MLflowPyfuncHandler:
         body = request.get("body")
         if body is None:
             body = request.get("data")
-        if isinstance(body, (bytes, bytearray)):
-            body = bytes(body).decode("utf-8")
-        elif not isinstance(body, str):
-            body = json.dumps(body)
         try:
+            if isinstance(body, (bytes, bytearray)):
+                body = bytes(body).decode("utf-8")
+            elif not isinstance(body, str):
+                body = json.dumps(body)
             result = scoring_server.invocations(
                 body, JSON, self.model, self.model.metadata.get_input_schema()
             )
