@@ -320,6 +320,7 @@ def _container_named(path: str, layout: Layout) -> str | None:
         return "tar.gz"
     known = {c.extension: name for name, c in CONTAINERS.items() if c.extension}
     known.update({layout.extension(CONTAINERS[name]): name for name in layout.containers})
+    known.update(layout.extra_extensions)
     for extension, name in sorted(known.items(), key=lambda item: -len(item[0])):
         if extension and path.endswith(extension):
             return name

@@ -21,6 +21,7 @@ from mlflow_archive_plugin.containers.base import collision_key, safe_entry_name
 from mlflow_archive_plugin.errors import (
     CorruptArchiveError,
     IntegrityError,
+    NotAnArchiveError,
     UnsafeArchiveError,
     UnsupportedError,
 )
@@ -250,6 +251,7 @@ def scan_archive(
 def _scan(location: Location, staging: Path | None, keep_going: bool, show_progress,
           limits: ReadLimits) -> Scanned:
     with open_source(location) as (container, source):
+        _check_extension(location, container)
         scanned = Scanned(container)
         archive_size = _source_size(location, container)
         # Produced bytes match the archive's size only for an uncompressed tar.
@@ -293,6 +295,20 @@ def _strip_wrapper_folder(scanned: Scanned) -> None:
 def _is_captured(name: str) -> bool:
     """A document kept in memory: at the root, or one folder down (a wrapper folder's)."""
     return name in _CAPTURED or (name.count("/") == 1 and name.split("/", 1)[1] in _CAPTURED)
+
+
+# Extensions whose consumers accept one container only: another one under that name is a
+# mistake (a gzip file renamed .bentomodel fails in BentoML with an LZMA error).
+_CONTAINER_OF_EXTENSION = {".bentomodel": "tar.xz", ".mar": "zip"}
+
+
+def _check_extension(location: Location, container: str) -> None:
+    for extension, expected in _CONTAINER_OF_EXTENSION.items():
+        if location.path.endswith(extension) and container not in (expected, "folder"):
+            raise NotAnArchiveError(
+                f"{location.url} is {container} data, but a {extension} file must be "
+                f"{expected}; rename it to match its content or export it again"
+            )
 
 
 class _NameGuard:

@@ -36,7 +36,8 @@ CONTAINERS: dict[str, Container] = {
     "tar.bz2": Container("tar.bz2", ".tar.bz2", lambda target: TarWriter(target, "bz2")),
     "folder": Container("folder", "", FolderWriter),
 }
-_ALIASES = {"tgz": "tar.gz", "gz": "tar.gz", "xz": "tar.xz", "bz2": "tar.bz2", "dir": "folder"}
+_ALIASES = {"tgz": "tar.gz", "gz": "tar.gz", "xz": "tar.xz", "bz2": "tar.bz2", "dir": "folder",
+            "bentomodel": "tar.xz"}
 # Every name a user may give for a container, aliases included.
 CONTAINER_NAMES = tuple(sorted([*CONTAINERS, *_ALIASES]))
 

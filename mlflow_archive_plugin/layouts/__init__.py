@@ -6,11 +6,14 @@ from pathlib import Path
 
 from mlflow_archive_plugin.errors import UnsupportedError
 from mlflow_archive_plugin.layouts.base import Entry, Layout
+from mlflow_archive_plugin.layouts.bentoml import BentomlLayout
 from mlflow_archive_plugin.layouts.mar import MarLayout
 from mlflow_archive_plugin.layouts.mlflow import MlflowLayout
 
 # Detection tries them in this order: our own metadata document first, then foreign manifests.
-LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (MlflowLayout(), MarLayout())}
+LAYOUTS: dict[str, Layout] = {
+    layout.name: layout for layout in (MlflowLayout(), MarLayout(), BentomlLayout())
+}
 
 
 def get_layout(name: str) -> Layout:
@@ -27,7 +30,8 @@ def detect_layout(names: set[str], root: Path) -> Layout:
             return layout
     raise UnsupportedError(
         "the archive holds no mlflow-archive.json and no manifest of a format this plugin "
-        "reads (MAR-INF/MANIFEST.json for TorchServe); it is not a model archive"
+        "reads (MAR-INF/MANIFEST.json for TorchServe, model.yaml for BentoML); it is not a "
+        "model archive"
     )
 
 

@@ -32,6 +32,8 @@ class Layout(ABC):
     name: str
     default_container: str
     containers: tuple[str, ...]
+    # File extensions, besides each container's own, that ask for a container (``.xz``).
+    extra_extensions: dict[str, str] = {}  # noqa: RUF012 - read-only class data
 
     @abstractmethod
     def plan(self, snapshot: Snapshot, options: dict[str, Any] | None = None) -> list[Entry]:
