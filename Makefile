@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= .demo
 
-.PHONY: demo test test-torchserve lint bench clean
+.PHONY: demo test test-torchserve test-bentoml lint bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,15 +19,20 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mlflow_archive_plugin tests examples benchmarks
 
-# The main suite, then the TorchServe compatibility suite in its own tox env (real
-# torch-model-archiver + torchserve + CPU torch; Java 17). Either failing fails `make test`;
-# tox passes pytest's exit code through, so a run that collects nothing (5) fails too.
+# The main suite, then the compatibility suites, each in its own tox env: TorchServe (real
+# torch-model-archiver + torchserve + CPU torch; Java 17), then BentoML (real bentoml).
+# Any failing fails `make test`; tox passes pytest's exit code through, so a run that
+# collects nothing (5) fails too.
 test: lint
 	$(PY) -m pytest
 	$(MAKE) test-torchserve
+	$(MAKE) test-bentoml
 
 test-torchserve: $(STAMP)
 	$(VENV)/bin/tox -e torchserve
+
+test-bentoml: $(STAMP)
+	$(VENV)/bin/tox -e bentoml
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_export.py --size-mib $(or $(BENCH_MIB),1024) --repeat $(or $(BENCH_REPEAT),3)

@@ -129,6 +129,43 @@ def _progress(quiet: bool) -> bool | None:
     return False if quiet else None
 
 
+def _parse_storage_options(ctx, param, values) -> dict[str, Any] | None:
+    """KEY=VALUE pairs as fsspec storage options: VALUE is JSON when it parses as JSON (true,
+    5, "quoted"), else the text; a dotted KEY nests (client_kwargs.endpoint_url=...)."""
+    options: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):  # the value is never echoed: it may be a secret
+            shown = f"{key!r} is not a KEY (dotted names, no empty part)" if sep else \
+                "expected KEY=VALUE, got no '='"
+            raise click.BadParameter(shown, ctx=ctx, param=param)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = options
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise click.BadParameter(f"{key!r} nests under a key given a value",
+                                         ctx=ctx, param=param)
+        if isinstance(node.get(parts[-1]), dict):
+            raise click.BadParameter(f"{key!r} is also given nested keys", ctx=ctx, param=param)
+        node[parts[-1]] = value
+    return options or None
+
+
+def _storage_option(command):
+    """--storage-option KEY=VALUE, repeatable, for every command that opens a location."""
+    return click.option(
+        "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+        callback=_parse_storage_options,
+        help="Option for the file system of a URL (s3://, gs://, ftp:// ...), repeatable: "
+             "endpoint_url=http://..., anon=true, client_kwargs.region_name=eu-west-1. "
+             "VALUE is read as JSON when it parses.")(command)
+
+
 def _mar_options(command):
     """torch-model-archiver's flags for what goes into a .mar besides the MLflow model."""
     helps = {
@@ -158,9 +195,10 @@ def _mar_options(command):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--sign-key", type=_KEY, help="Sign the model files with this PEM EC private key "
               "(OpenSSF model-signing; needs the [sign] extra).")
+@_storage_option
 @_mar_options
 def export_command(model_uri, dest, fmt, container, force, tracking_uri, as_json, quiet,
-                   sign_key, **mar):
+                   sign_key, storage_options, **mar):
     """Export MODEL_URI (models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID, runs:/RUN/NAME).
 
     With --format mar the archive is a TorchServe .mar serving the model through
@@ -173,8 +211,9 @@ def export_command(model_uri, dest, fmt, container, force, tracking_uri, as_json
         flag = "--" + next(iter(options)).replace("_", "-")
         raise click.UsageError(f"{flag} applies to --format mar only")
     result = api.export_model(model_uri, dest, format=fmt, container=container, force=force,
-                              tracking_uri=tracking_uri, progress=_progress(quiet),
-                              sign_key=sign_key, options=options or None)
+                              tracking_uri=tracking_uri, storage_options=storage_options,
+                              progress=_progress(quiet), sign_key=sign_key,
+                              options=options or None)
     data = {key: getattr(result, key) for key in
             ("location", "format", "container", "size", "sha256", "file_count", "digest")}
     _emit(as_json, data, [
@@ -201,12 +240,13 @@ def export_command(model_uri, dest, fmt, container, force, tracking_uri, as_json
               "signature verifies with this PEM public key.")
 @click.option("--scan", type=click.Choice(SCAN_MODES), default="warn", show_default=True,
               help="Pickle scanning: strict refuses dangerous or unknown imports.")
+@_storage_option
 def import_command(source, name, experiment, on_exists, no_aliases, tracking_uri, as_json, quiet,
-                   max_members, max_size, max_ratio, verify_key, scan):
+                   max_members, max_size, max_ratio, verify_key, scan, storage_options):
     """Verify the archive at SOURCE and register it as a model version."""
     result = api.import_archive(source, name=name, experiment=experiment, on_exists=on_exists,
                                 aliases=not no_aliases, tracking_uri=tracking_uri,
-                                progress=_progress(quiet),
+                                storage_options=storage_options, progress=_progress(quiet),
                                 limits=_limits(max_members, max_size, max_ratio),
                                 verify_key=verify_key, scan=scan)
     for line in result.warnings:
@@ -221,9 +261,11 @@ def import_command(source, name, experiment, on_exists, no_aliases, tracking_uri
 @click.argument("source")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_limit_options
-def inspect_command(source, as_json, max_members, max_size, max_ratio):
+@_storage_option
+def inspect_command(source, as_json, max_members, max_size, max_ratio, storage_options):
     """Show what the archive at SOURCE holds, without extracting it."""
-    info = api.inspect_archive(source, limits=_limits(max_members, max_size, max_ratio))
+    info = api.inspect_archive(source, storage_options=storage_options,
+                               limits=_limits(max_members, max_size, max_ratio))
     meta = info.metadata or {}
     registered = meta.get("registered_model") or {}
     version = meta.get("model_version") or {}
@@ -251,9 +293,12 @@ def inspect_command(source, as_json, max_members, max_size, max_ratio):
 @_limit_options
 @click.option("--key", type=_KEY, help="Also check the model-signing signature with this PEM "
               "public key; an unsigned archive fails.")
-def verify_command(source, as_json, quiet, max_members, max_size, max_ratio, key):
+@_storage_option
+def verify_command(source, as_json, quiet, max_members, max_size, max_ratio, key,
+                   storage_options):
     """Check every file of the archive at SOURCE against its checksum.txt."""
-    report = api.verify_archive(source, progress=_progress(quiet),
+    report = api.verify_archive(source, storage_options=storage_options,
+                                progress=_progress(quiet),
                                 limits=_limits(max_members, max_size, max_ratio), key=key)
     if as_json:
         _emit(True, report.to_dict(), [])

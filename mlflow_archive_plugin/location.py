@@ -4,17 +4,25 @@ An archive appears under its final name only when it is complete: local files an
 written under a hidden temporary name in the same directory and renamed; remote files are built
 in a local temporary file and uploaded in one piece (object stores commit an upload only when it
 finishes), to a temporary name first where the file system can rename.
+
+Credentials come from where each file system looks for them (environment, its configuration
+files, ``storage_options``), never from an archive. Whatever a remote file system raises
+(unreachable host, refused credentials, missing bucket) becomes a one-line
+:class:`~mlflow_archive_plugin.errors.ArchiveError` naming the location, with any password or
+secret it was given masked.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import shutil
 import tempfile
+import urllib.parse
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,61 +40,103 @@ from mlflow_archive_plugin.errors import (
 
 # Object stores make an upload visible only once it has completed, so no rename is needed.
 _ATOMIC_UPLOAD_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
+# Read-only locations; many HTTP servers also ignore range requests, so an archive there is
+# read into a local temporary file (in blocks, never whole in memory) before it is opened.
+_READ_ONLY_PROTOCOLS = {"http", "https"}
+_SPOOLED_PROTOCOLS = _READ_ONLY_PROTOCOLS
+# Storage options whose values are secrets, matched by substring of the (lower-cased) key.
+_SECRET_WORDS = ("secret", "password", "passwd", "token", "key", "credential", "authorization",
+                 "signature")
+# Credentials that SDKs read from the environment, masked in messages all the same.
+_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_KEY",
+                     "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
+                     "AZURE_STORAGE_CONNECTION_STRING")
+_CREDENTIALS_HINT = ("check the credentials (environment, the file system's configuration, "
+                     "or storage options such as --storage-option key=... secret=...)")
 
 
 @dataclass(frozen=True)
 class Location:
-    """A resolved location: the URL as given, its file system and the path within it."""
+    """A resolved location: the URL as given (any password masked), its file system and the
+    path within it. ``secrets`` are strings never to be shown in a message."""
 
     url: str
     fs: Any
     path: str
+    secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def is_local(self) -> bool:
         """Whether the location is on the local file system."""
         return isinstance(self.fs, LocalFileSystem)
 
+    @property
+    def protocol(self) -> str:
+        """The file system's protocol (``file``, ``s3``, ``memory`` ...)."""
+        protocol = self.fs.protocol
+        return protocol if isinstance(protocol, str) else protocol[0]
+
     def child(self, name: str) -> Location:
         """The location of ``name`` inside this one, used as a folder."""
         joined = f"{self.path.rstrip('/')}/{name}"
-        url = joined if self.is_local else self.fs.unstrip_protocol(joined)
-        return Location(url, self.fs, joined)
+        url = joined if self.is_local else f"{self.url.rstrip('/')}/{name}"
+        return Location(url, self.fs, joined, self.secrets)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret this location was given masked."""
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
 
 
 def resolve(url: str | os.PathLike, storage_options: dict | None = None) -> Location:
-    """Resolve a local path or fsspec URL; an unknown protocol is a one-line error."""
+    """Resolve a local path or fsspec URL; an unknown protocol is a one-line error, and so is
+    a file system that connects at once (ftp) and cannot."""
     text = os.fspath(url)
+    options = dict(storage_options or {})
+    shown = _mask_url(text)
+    probe = Location(shown, None, text, _secrets(text, options))
     try:
-        fs, path = fsspec.core.url_to_fs(text, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(text, **options)
     except (ImportError, ValueError) as exc:
-        raise UnsupportedError(f"cannot open {text!r}: {exc}") from exc
-    if isinstance(fs, LocalFileSystem):
+        raise UnsupportedError(probe.scrub(f"cannot open {shown!r}: {_first_line(exc)}")) from exc
+    except Exception as exc:  # noqa: BLE001 - whatever the file system's connection raised
+        raise _failure(probe, "reach", exc) from exc
+    if isinstance(fs, LocalFileSystem) and fsspec.core.split_protocol(text)[0] is None:
         path = os.path.abspath(os.path.expanduser(text))
-    return Location(text, fs, path)
+    return Location(shown, fs, path, probe.secrets)
 
 
 def is_folder_target(location: Location, raw: str) -> bool:
     """Whether an export destination names a folder to put a derived file name in."""
+    _refuse_read_only(location)
     if raw.endswith(("/", os.sep)):
         return True
-    try:
-        return bool(location.fs.isdir(location.path))
-    except OSError:
-        return False
+    with remote_errors(location, "reach"):
+        try:
+            return bool(location.fs.isdir(location.path))
+        except FileNotFoundError:
+            return False
 
 
 def _exists(location: Location) -> bool:
-    try:
+    with remote_errors(location, "reach"):
         return bool(location.fs.exists(location.path))
-    except OSError as exc:
-        raise ArchiveError(f"cannot reach {location.url}: {exc}") from exc
 
 
 def refuse_existing(location: Location, force: bool) -> None:
+    _refuse_read_only(location)
     if not force and _exists(location):
         raise DestinationExistsError(
             f"{location.url} already exists; pass --force (force=True) to replace it"
+        )
+
+
+def _refuse_read_only(location: Location) -> None:
+    if location.protocol in _READ_ONLY_PROTOCOLS:
+        raise UnsupportedError(
+            f"{location.url} can only be read from; export to a local path or to a "
+            "writable URL such as s3://, gs://, az:// or ftp://"
         )
 
 
@@ -131,7 +181,8 @@ def publish_file(location: Location, force: bool = False) -> Iterator[BinaryIO]:
                 os.unlink(tmp)
         return
     with tempfile.TemporaryDirectory(prefix="mlflow-archive-") as scratch:
-        local = os.path.join(scratch, "archive")
+        # The final name, so that object stores guess the same content type from it.
+        local = os.path.join(scratch, posixpath.basename(location.path.rstrip("/")) or "archive")
         with open(local, "wb") as handle:
             yield handle
         _upload(local, location)
@@ -139,21 +190,22 @@ def publish_file(location: Location, force: bool = False) -> Iterator[BinaryIO]:
 
 def _upload(local: str, location: Location) -> None:
     fs = location.fs
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    try:
-        if protocol in _ATOMIC_UPLOAD_PROTOCOLS:
+    with remote_errors(location, "write"):
+        if location.protocol in _ATOMIC_UPLOAD_PROTOCOLS:
             fs.put_file(local, location.path)
             return
-        tmp = _temporary_sibling(location.path)
+        parent = posixpath.dirname(location.path)
+        if parent not in ("", "/"):
+            fs.makedirs(parent, exist_ok=True)
+        tmp = posixpath.join(parent, f".{posixpath.basename(location.path)}.partial-"
+                                     f"{uuid.uuid4().hex[:12]}")
         try:
             fs.put_file(local, tmp)
             fs.mv(tmp, location.path)
         finally:
-            with contextlib.suppress(OSError, FileNotFoundError):
+            with contextlib.suppress(Exception):  # best effort: the upload's error matters more
                 if fs.exists(tmp):
                     fs.rm(tmp)
-    except (OSError, PermissionError) as exc:
-        raise ArchiveError(f"cannot write {location.url}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -182,17 +234,23 @@ def open_source(location: Location) -> Iterator[tuple[str, BinaryIO | Path]]:
     if location.is_local and os.path.isdir(location.path):
         yield "folder", Path(location.path)
         return
-    try:
-        if not location.fs.exists(location.path):
-            raise SourceNotFoundError(f"{location.url} does not exist; check the path or URL")
-        if location.fs.isdir(location.path):
-            raise UnsupportedError(
-                f"{location.url} is a remote folder; download it or pack it as a zip first"
-            )
-        handle = location.fs.open(location.path, "rb")
-    except (PermissionError, OSError) as exc:
-        raise ArchiveError(f"cannot read {location.url}: {exc}") from exc
-    with handle:
+    with contextlib.ExitStack() as stack:
+        if location.protocol in _SPOOLED_PROTOCOLS:
+            handle: Any = stack.enter_context(_spooled(location))
+        else:
+            with remote_errors(location, "read"):
+                if not location.fs.exists(location.path):
+                    raise SourceNotFoundError(
+                        f"{location.url} does not exist; check the path or URL"
+                    )
+                if location.fs.isdir(location.path):
+                    raise UnsupportedError(
+                        f"{location.url} is a remote folder; download it or pack it as a zip "
+                        "first"
+                    )
+                handle = stack.enter_context(location.fs.open(location.path, "rb"))
+            if not location.is_local:
+                handle = _GuardedStream(handle, location)
         head = handle.read(512)
         handle.seek(0)
         try:
@@ -200,3 +258,125 @@ def open_source(location: Location) -> Iterator[tuple[str, BinaryIO | Path]]:
         except NotAnArchiveError as exc:
             raise NotAnArchiveError(f"{location.url} is {exc}") from exc
         yield container, handle
+
+
+@contextlib.contextmanager
+def _spooled(location: Location) -> Iterator[BinaryIO]:
+    """The file at ``location`` downloaded (streamed in blocks) into a temporary local file."""
+    with tempfile.TemporaryDirectory(prefix="mlflow-archive-download-") as scratch:
+        local = os.path.join(scratch, "archive")
+        with remote_errors(location, "read"):
+            location.fs.get_file(location.path, local)
+        with open(local, "rb") as handle:
+            yield handle
+
+
+class _GuardedStream:
+    """A remote file whose failures mid-read (a dropped connection, an expired token) are
+    one-line errors naming the location, not taken for a damaged archive."""
+
+    def __init__(self, handle: Any, location: Location) -> None:
+        self._handle = handle
+        self._location = location
+
+    def read(self, size: int = -1) -> bytes:
+        with remote_errors(self._location, "read"):
+            return self._handle.read(size)
+
+    def readinto(self, buffer) -> int:
+        with remote_errors(self._location, "read"):
+            return self._handle.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        with remote_errors(self._location, "read"):
+            return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._handle.closed)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._handle.close()
+
+
+@contextlib.contextmanager
+def remote_errors(location: Location, action: str) -> Iterator[None]:
+    """Turn what a file system raises inside the block into a one-line :class:`ArchiveError`
+    naming ``location``: ``action`` is the verb of "cannot <action> <url>" (read, write,
+    reach); a missing file while reading is a :class:`SourceNotFoundError`, a refusal of the
+    credentials says so. For every call on ``location.fs`` outside this module."""
+    try:
+        yield
+    except ArchiveError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each file system raises its own kinds
+        raise _failure(location, action, exc) from exc
+
+
+def _failure(location: Location, action: str, exc: BaseException) -> ArchiveError:
+    detail = location.scrub(_first_line(exc))
+    if isinstance(exc, FileNotFoundError) and action == "read":
+        return SourceNotFoundError(f"{location.url} does not exist; check the path or URL")
+    if not location.is_local and (isinstance(exc, PermissionError) or _says_denied(exc)):
+        return ArchiveError(f"access to {location.url} was denied ({detail}); {_CREDENTIALS_HINT}")
+    return ArchiveError(f"cannot {action} {location.url}: {detail}")
+
+
+def _says_denied(exc: BaseException) -> bool:
+    """Credential failures that file systems raise outside PermissionError."""
+    name = type(exc).__name__
+    if name in {"NoCredentialsError", "PartialCredentialsError"}:  # botocore
+        return True
+    return name == "error_perm" and str(exc).startswith("530")  # ftplib: not logged in
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    name = type(exc).__name__
+    if not text or text == name:
+        return name
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _mask_url(text: str) -> str:
+    """``text`` with the password of a ``scheme://user:password@host`` URL masked."""
+    if "://" not in text:
+        return text
+    try:
+        parts = urllib.parse.urlsplit(text)
+        password = parts.password
+    except ValueError:
+        return text
+    if not password:
+        return text
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].rsplit(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+def _secrets(text: str, options: dict) -> tuple[str, ...]:
+    found = set(_secret_values(options))
+    with contextlib.suppress(ValueError):
+        parts = urllib.parse.urlsplit(text) if "://" in text else None
+        if parts is not None and parts.password:
+            found.update({parts.password, urllib.parse.unquote(parts.password)})
+    found.update(os.environ[name] for name in _SECRET_VARIABLES if os.environ.get(name))
+    return tuple(sorted(secret for secret in found if len(secret) >= 6))
+
+
+def _secret_values(options: dict) -> Iterator[str]:
+    for key, value in options.items():
+        if isinstance(value, dict):
+            yield from _secret_values(value)
+        elif isinstance(value, str) and any(word in str(key).lower() for word in _SECRET_WORDS):
+            yield value

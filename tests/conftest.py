@@ -33,7 +33,7 @@ from mlflow.tracking._tracking_service import utils as _tracking_utils
 
 # Compatibility suites need the real tools (torch-model-archiver, torchserve ...), which live
 # in their own tox environments; each sets MLFLOW_ARCHIVE_COMPAT to the suite it runs.
-COMPAT_SUITES = ("torchserve",)
+COMPAT_SUITES = ("torchserve", "bentoml")
 collect_ignore = [suite for suite in COMPAT_SUITES
                   if os.environ.get("MLFLOW_ARCHIVE_COMPAT") != suite]
 
