@@ -32,6 +32,7 @@ from mlflow_archive_plugin.flavor import save_archive_model, stored_archive
 from mlflow_archive_plugin.integrity import CHECKSUM_NAME, hash_stream
 from mlflow_archive_plugin.layouts import Entry, Layout, detect_layout, get_layout
 from mlflow_archive_plugin.location import (
+    fetched,
     is_folder_target,
     publish_file,
     publish_folder,
@@ -231,8 +232,8 @@ def import_archive(
     from mlflow_archive_plugin.tracking import probe, resolve_tracking_uri
 
     probe(resolve_tracking_uri(tracking_uri))
-    location = resolve(source, storage_options)
     with (
+        fetched(resolve(source, storage_options)) as location,
         _extracted(location, progress, limits, keep_going=False) as (root, scanned),
         tempfile.TemporaryDirectory(prefix="mlflow-archive-model-") as wrapped,
     ):

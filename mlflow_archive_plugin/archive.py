@@ -170,10 +170,17 @@ def write_archive(
     prefix = layout.entry_prefix(snapshot, container)
     _check_portable_names(entry.arcname for entry in [*entries, *extra])
     total = sum(entry.source.stat().st_size for entry in entries if entry.source is not None)
-    publisher = publish_folder if container.is_folder else publish_file
+    measured: list[tuple[int, str]] = []
+
+    def measure(path: str) -> None:
+        with open(path, "rb") as handle:
+            measured.append(hash_stream(handle))
+
+    publisher = (publish_folder(location, force) if container.is_folder
+                 else publish_file(location, force, on_complete=measure))
     with (
         progress.byte_progress(total, "export", show_progress) as on_bytes,
-        publisher(location, force) as target,
+        publisher as target,
         container.open_writer(target) as writer,
     ):
         records = [
@@ -193,7 +200,7 @@ def write_archive(
         writer.add_bytes(prefix + CHECKSUM_NAME, checksums)
     if container.is_folder:
         return Written(records, content_digest(checksums), None, None)
-    size, sha256 = _measure(location)
+    size, sha256 = measured[0]
     return Written(records, content_digest(checksums), size, sha256)
 
 
@@ -210,11 +217,6 @@ def _check_portable_names(names) -> None:
             raise UnsupportedError(
                 f"cannot archive model file {name!r}: its name is not portable ({exc}); rename it"
             ) from exc
-
-
-def _measure(location: Location) -> tuple[int, str]:
-    with location.fs.open(location.path, "rb") as handle:
-        return hash_stream(handle)
 
 
 def scan_archive(

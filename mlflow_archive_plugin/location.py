@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -164,8 +164,13 @@ def _replace_local(tmp: str, final: str) -> None:
 
 
 @contextlib.contextmanager
-def publish_file(location: Location, force: bool = False) -> Iterator[BinaryIO]:
-    """A seekable binary stream whose bytes appear at ``location`` only if the block succeeds."""
+def publish_file(location: Location, force: bool = False,
+                 on_complete: Callable[[str], None] | None = None) -> Iterator[BinaryIO]:
+    """A seekable binary stream whose bytes appear at ``location`` only if the block succeeds.
+
+    ``on_complete`` is called with the local path of the finished file before it is put in
+    place (renamed or uploaded): a chance to hash it without reading it back from a remote
+    store, and to refuse it (an exception there publishes nothing)."""
     refuse_existing(location, force)
     if location.is_local:
         os.makedirs(os.path.dirname(location.path), exist_ok=True)
@@ -175,6 +180,8 @@ def publish_file(location: Location, force: bool = False) -> Iterator[BinaryIO]:
                 yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
+            if on_complete is not None:
+                on_complete(tmp)
             _replace_local(tmp, location.path)
         finally:
             if os.path.exists(tmp):
@@ -185,6 +192,8 @@ def publish_file(location: Location, force: bool = False) -> Iterator[BinaryIO]:
         local = os.path.join(scratch, posixpath.basename(location.path.rstrip("/")) or "archive")
         with open(local, "wb") as handle:
             yield handle
+        if on_complete is not None:
+            on_complete(local)
         _upload(local, location)
 
 
@@ -258,6 +267,28 @@ def open_source(location: Location) -> Iterator[tuple[str, BinaryIO | Path]]:
         except NotAnArchiveError as exc:
             raise NotAnArchiveError(f"{location.url} is {exc}") from exc
         yield container, handle
+
+
+@contextlib.contextmanager
+def fetched(location: Location) -> Iterator[Location]:
+    """``location`` itself when it is local, else a local copy of the file there (downloaded
+    in blocks into a temporary folder, under the same base name) that keeps the original URL
+    for messages. Reading a remote archive once, as a whole, means that what is verified is
+    exactly what is kept, even if the remote object changes meanwhile, and that zip's random
+    access costs no round trips."""
+    if location.is_local:
+        yield location
+        return
+    with remote_errors(location, "read"):
+        if location.fs.isdir(location.path):
+            raise UnsupportedError(
+                f"{location.url} is a remote folder; download it or pack it as a zip first"
+            )
+    with tempfile.TemporaryDirectory(prefix="mlflow-archive-download-") as scratch:
+        local = os.path.join(scratch, posixpath.basename(location.path.rstrip("/")) or "archive")
+        with remote_errors(location, "read"):
+            location.fs.get_file(location.path, local)
+        yield Location(location.url, LocalFileSystem(), local, location.secrets)
 
 
 @contextlib.contextmanager
