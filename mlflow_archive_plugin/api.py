@@ -30,7 +30,7 @@ from mlflow_archive_plugin.errors import (
 )
 from mlflow_archive_plugin.flavor import save_archive_model, stored_archive
 from mlflow_archive_plugin.integrity import CHECKSUM_NAME, hash_stream
-from mlflow_archive_plugin.layouts import Entry, Layout, detect_layout, get_layout
+from mlflow_archive_plugin.layouts import LAYOUTS, Entry, Layout, detect_layout, get_layout
 from mlflow_archive_plugin.location import (
     fetched,
     is_folder_target,
@@ -391,10 +391,13 @@ def verify_archive(
     progress: bool | None = None,
     limits: ReadLimits | None = None,
     key: str | os.PathLike | None = None,
+    run: bool = False,
 ) -> VerifyReport:
     """Check every file of the archive at ``source`` against ``checksum.txt``, reporting all
     problems at once rather than stopping at the first; with ``key`` (a PEM public key) also
-    check its model-signing signature, refusing an unsigned archive."""
+    check its model-signing signature, refusing an unsigned archive. Once every file holds,
+    the layout's own rules are checked too; ``run`` lets those run the archive's code (a
+    portable package's example through its ``predict.py``) in a child process."""
     location = resolve(source, storage_options)
     with _extracted(location, progress, limits, keep_going=True) as (root, scanned):
         problems = scanned.integrity_problems()
@@ -415,6 +418,8 @@ def verify_archive(
                     if problem.split(":", 1)[0] not in reported
                 )
                 model_path = snapshot.model_path
+                if not problems and snapshot.layout in LAYOUTS:
+                    problems.extend(LAYOUTS[snapshot.layout].check(root, snapshot, run=run))
         if key is not None:
             problems.extend(_signature_problems(root / model_path, root, Path(key)))
     checked = len([path for path in scanned.records if path != CHECKSUM_NAME])

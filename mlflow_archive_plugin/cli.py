@@ -293,13 +293,18 @@ def inspect_command(source, as_json, max_members, max_size, max_ratio, storage_o
 @_limit_options
 @click.option("--key", type=_KEY, help="Also check the model-signing signature with this PEM "
               "public key; an unsigned archive fails.")
+@click.option("--run", is_flag=True, help="Also run the archive's own code where its format "
+              "asks for it (a portable package's example through predict.py, in a child "
+              "process). Off by default: verifying never runs what it verifies.")
 @_storage_option
-def verify_command(source, as_json, quiet, max_members, max_size, max_ratio, key,
+def verify_command(source, as_json, quiet, max_members, max_size, max_ratio, key, run,
                    storage_options):
-    """Check every file of the archive at SOURCE against its checksum.txt."""
+    """Check every file of the archive at SOURCE against its checksum.txt, then its format's
+    own rules."""
     report = api.verify_archive(source, storage_options=storage_options,
                                 progress=_progress(quiet),
-                                limits=_limits(max_members, max_size, max_ratio), key=key)
+                                limits=_limits(max_members, max_size, max_ratio), key=key,
+                                run=run)
     if as_json:
         _emit(True, report.to_dict(), [])
     elif report.ok:

@@ -61,3 +61,9 @@ class Layout(ABC):
     @abstractmethod
     def read(self, root: Path) -> Snapshot:
         """The snapshot of an extracted archive rooted at ``root``."""
+
+    def check(self, root: Path, snapshot: Snapshot, *, run: bool = False) -> list[str]:
+        """The consumer's own rules that ``verify`` checks once every checksum holds, one
+        line per problem naming the file (a portable package's pinned requirements, say).
+        Only with ``run`` may a check run the archive's code (in a child process)."""
+        return []
