@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_export.py --size-mib $(or $(BENCH_MIB),1024) --repeat $(or $(BENCH_REPEAT),3)
 	$(VENV)/bin/tox -e torchserve --notest
 	$(PY) benchmarks/bench_mar.py --size-mib $(or $(BENCH_MIB),1024) --repeat $(or $(BENCH_REPEAT),3) --real-python .tox/torchserve/bin/python
+	$(VENV)/bin/tox -e bentoml --notest && $(PY) benchmarks/bench_bentoml.py --size-mib $(or $(BENCH_BENTOML_MIB),256) --repeat $(or $(BENCH_REPEAT),3) --bentoml-python .tox/bentoml/bin/python
 
 clean:
 	rm -rf $(VENV) .tox $(DEMO_DIR) build dist *.egg-info
