@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import posixpath
 import re
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,23 @@ MODEL_YAML = "model.yaml"
 MLFLOW_MODULE = "bentoml.mlflow"
 MODEL_DIR = "mlflow_model"
 TAG_PREFIX = "bentoml."
-# BentoML's rule for a tag's name and version, and for labels.
+# A BentoML label kept as a tag on import; exported again, it is that label once more.
+LABEL_TAG_PREFIX = f"{TAG_PREFIX}label."
+# The plugin's own tags on an imported version (digest, source ids and times) describe the
+# import, not the model: as labels they would only be mangled (a digest cut to 63 characters).
+PLUGIN_TAG_PREFIX = "mlflow_archive."
+# What MLflow accepts in a tag key (letters, digits, "_-. :/", no "//", "./" or "/" at the end).
+_TAG_KEY_REFUSED = re.compile(r"[^\w.\- :/]")
+_TAG_KEY_MAX = 250
+# MLflow keeps a model version tag value of up to 100,000 characters.
+_TAG_VALUE_MAX = 100_000
+# BentoML's rule for a tag's name and version.
 TAG_PATTERN = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
 TAG_MAX = 63
-LABEL_PATTERN = re.compile(r"^[A-Za-z0-9]([-._A-Za-z0-9]*[A-Za-z0-9])?$")
+# Keys BentoML cannot load a model.yaml without. A model made with bentoml.models.create has
+# an empty module, which BentoML writes and imports, so only that one may be empty.
 REQUIRED_KEYS = ("name", "version", "module", "creation_time")
+_MAY_BE_EMPTY = ("module",)
 # The BentoML release whose model.yaml this layout writes (api_version v1).
 BENTOML_VERSION = "1.4.39"
 _EXTENSIONS = {"tar.xz": ".bentomodel", "tar.gz": ".gz", "tar.bz2": ".bz2", "tar": ".tar",
@@ -60,6 +73,20 @@ def bentoml_tag_part(value: str, what: str) -> str:
 def _label(value: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", value)[:TAG_MAX].strip("-._")
     return cleaned or "x"
+
+
+def _labels(tags: dict[str, str]) -> dict[str, str]:
+    """The labels of a version with ``tags``: BentoML labels kept by an import come back
+    under their own keys; the other ``bentoml.*`` tags (model.yaml's fields) and the plugin's
+    own tags are no labels."""
+    labels = {}
+    for key, value in tags.items():
+        if key.startswith(LABEL_TAG_PREFIX):
+            key = key.removeprefix(LABEL_TAG_PREFIX)
+        elif key.startswith((TAG_PREFIX, PLUGIN_TAG_PREFIX)):
+            continue
+        labels[_label(key)] = _label(value)
+    return labels
 
 
 def _tag(snapshot: Snapshot) -> tuple[str, str]:
@@ -92,7 +119,7 @@ def model_yaml(snapshot: Snapshot) -> dict[str, Any]:
         tags.update(snapshot.registered_model.tags)
     if snapshot.model_version is not None:
         tags.update(snapshot.model_version.tags)
-    labels = {_label(key): _label(value) for key, value in tags.items()}
+    labels = _labels(tags)
     metadata: dict[str, Any] = {
         "mlflow_registered_model": snapshot.registered_model.name
         if snapshot.registered_model else None,
@@ -105,7 +132,7 @@ def model_yaml(snapshot: Snapshot) -> dict[str, Any]:
         "metrics": _latest_metrics(snapshot),
     }
     if labels != tags:
-        metadata["mlflow_tags"] = tags  # labels had to be changed: keep the originals
+        metadata["mlflow_tags"] = tags  # labels are not the tags as they are: keep those
     return {
         "name": name,
         "version": version,
@@ -174,7 +201,7 @@ class BentomlLayout(Layout):
         name, version = str(document["name"]), str(document["version"])
         tags = _foreign_tags(document)
         module = str(document["module"])
-        description = (f"BentoML model {name}:{version} (module {module}), created "
+        description = (f"BentoML model {name}:{version} (module {module or 'none'}), created "
                        f"{document['creation_time']}; imported by mlflow-archive-plugin.")
         inner = root / MODEL_DIR / "MLmodel"
         wraps_mlflow = module == MLFLOW_MODULE and inner.is_file()
@@ -195,13 +222,36 @@ def _foreign_tags(document: dict[str, Any]) -> dict[str, str]:
     tags = {f"{TAG_PREFIX}{key}": str(document[key])
             for key in ("name", "version", "module", "creation_time", "api_version")
             if document.get(key) is not None}
-    for key, value in (document.get("labels") or {}).items():
-        tags[f"{TAG_PREFIX}label.{key}"] = str(value)
+    labels = {str(key): str(value) for key, value in (document.get("labels") or {}).items()}
+    for key, value in labels.items():
+        tags[_label_tag_key(key)] = value
+    if any(_label_tag_key(key) != LABEL_TAG_PREFIX + key for key in labels):
+        # BentoML takes any text as a label key, MLflow not as a tag key: keep them whole.
+        tags[f"{TAG_PREFIX}labels"] = _json_tag(labels)
     if document.get("metadata"):
-        tags[f"{TAG_PREFIX}metadata"] = json.dumps(document["metadata"], default=str)[:5000]
+        tags[f"{TAG_PREFIX}metadata"] = _json_tag(document["metadata"])
     if document.get("context"):
-        tags[f"{TAG_PREFIX}context"] = json.dumps(document["context"], default=str)[:5000]
+        tags[f"{TAG_PREFIX}context"] = _json_tag(document["context"])
     return tags
+
+
+def _json_tag(value: Any) -> str:
+    """``value`` as a JSON tag value, whole: a cut JSON text would be no JSON at all. Past
+    what a registry keeps in one tag, the tag says so instead of holding half a document."""
+    text = json.dumps(value, default=str)
+    if len(text) > _TAG_VALUE_MAX:
+        return json.dumps({"mlflow_archive.omitted": f"{len(text)} characters of JSON, more "
+                           f"than the {_TAG_VALUE_MAX} a model version tag holds; see "
+                           "model.yaml in the archive"})
+    return text
+
+
+def _label_tag_key(label: str) -> str:
+    """The tag key a BentoML label is kept under, made valid for MLflow."""
+    key = LABEL_TAG_PREFIX + _TAG_KEY_REFUSED.sub("_", label)
+    if posixpath.normpath(key) != key:
+        key = key.replace("/", "_")
+    return key[:_TAG_KEY_MAX]
 
 
 def _read_mlmodel(path: Path) -> dict[str, Any]:
@@ -227,7 +277,8 @@ def read_model_yaml(path: Path) -> dict[str, Any]:
                                   "model again") from exc
     if not isinstance(document, dict):
         raise CorruptArchiveError(f"{MODEL_YAML} is not a YAML mapping; export the model again")
-    missing = [key for key in REQUIRED_KEYS if document.get(key) in (None, "")]
+    missing = [key for key in REQUIRED_KEYS if document.get(key) is None
+               or (document[key] == "" and key not in _MAY_BE_EMPTY)]
     if missing:
         raise CorruptArchiveError(f"{MODEL_YAML} lacks {', '.join(missing)}, which BentoML "
                                   "requires; export the model again")
@@ -243,7 +294,10 @@ def read_model_yaml(path: Path) -> dict[str, Any]:
         except ValueError as exc:
             raise CorruptArchiveError(f"{MODEL_YAML} creation_time {created!r} is not an ISO "
                                       "8601 time") from exc
-    if not isinstance(created, datetime.datetime) or created.tzinfo is None:
+    if not isinstance(created, datetime.datetime):
+        raise CorruptArchiveError(f"{MODEL_YAML} creation_time {created!r} is not an ISO 8601 "
+                                  "time with a timezone; export the model again")
+    if created.tzinfo is None:
         raise CorruptArchiveError(f"{MODEL_YAML} creation_time {document['creation_time']!s} "
                                   "has no timezone, which BentoML refuses; add one (+00:00)")
     labels = document.get("labels")
