@@ -7,11 +7,12 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlflow_archive_plugin import crypto
 from mlflow_archive_plugin.archive import (
     ReadLimits,
     Scanned,
@@ -24,6 +25,7 @@ from mlflow_archive_plugin.archive import (
 from mlflow_archive_plugin.containers import CONTAINERS, get_container
 from mlflow_archive_plugin.errors import (
     CorruptArchiveError,
+    EncryptionError,
     IntegrityError,
     SignatureError,
     UnsupportedError,
@@ -72,11 +74,16 @@ class ExportResult(_Result):
     digest: str
     model_name: str | None
     model_version: str | None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
 class ImportResult(_Result):
-    """The registered model version an import produced, or found when ``reused`` is true."""
+    """The registered model version an import produced, or found when ``reused`` is true.
+
+    For an archive of several models (an MLSteam package) it describes the first, and
+    ``models`` holds one result per model, in the archive's order.
+    """
 
     name: str
     version: str
@@ -86,6 +93,7 @@ class ImportResult(_Result):
     model_id: str | None
     digest: str
     warnings: list[str] = field(default_factory=list)
+    models: list[ImportResult] = field(default_factory=list)
 
 
 @dataclass
@@ -115,7 +123,7 @@ class VerifyReport(_Result):
 
 
 def export_model(
-    model_uri: str,
+    model_uri: str | Sequence[str],
     dest: str | os.PathLike | None = None,
     *,
     format: str = "mlflow",
@@ -127,6 +135,7 @@ def export_model(
     progress: bool | None = None,
     sign_key: str | os.PathLike | None = None,
     options: dict[str, Any] | None = None,
+    encryption_key: bytes | None = None,
 ) -> ExportResult:
     """Export the model at ``model_uri`` as an archive at ``dest``.
 
@@ -138,12 +147,35 @@ def export_model(
     elliptic-curve private key) the model files are signed with OpenSSF model-signing and the
     signature travels as ``model.sig`` at the archive root. ``options`` are the format's own
     settings; for ``mar``: ``handler``, ``model_file``, ``serialized_file``, ``extra_files``,
-    ``config_file`` and ``requirements_file``, which replace or extend the generated parts.
+    ``config_file`` and ``requirements_file``, which replace or extend the generated parts;
+    for ``mlarchive``: ``strict`` (refuse a framework outside MLSteam's list instead of
+    warning), ``cleanup`` (``after-load`` or ``never``) and ``cleanup_files`` (glob patterns
+    relative to the package root) for encrypted packages.
+
+    Several URIs go into one archive where the format holds several models (``mlarchive``).
+    With ``encryption_key`` (32 bytes; see :func:`mlflow_archive_plugin.crypto.read_key`) the
+    model files are encrypted with AES-256-GCM (``mlarchive`` only; the file is then named
+    ``model-enc.mlarchive`` in a folder). Warnings (a framework MLSteam does not list) are
+    returned in ``warnings``.
 
     A model imported from a foreign archive (a ``.mar`` made by torch-model-archiver) is
     exported in that archive's format as the very bytes that were imported.
     """
     layout = get_layout(format)
+    uris = [model_uri] if isinstance(model_uri, str) else list(model_uri)
+    if not uris:
+        raise UnsupportedError("give at least one model URI to export")
+    if len(uris) > 1 and not layout.several_models:
+        raise UnsupportedError(f"the {layout.name} format holds one model, but {len(uris)} were "
+                               "given; export them one at a time, or use --format mlarchive")
+    if encryption_key is not None:
+        crypto.check_key(encryption_key)
+        if sign_key is not None:
+            raise UnsupportedError("an encrypted package cannot also be signed; sign it, or "
+                                   "encrypt it, not both")
+    if sign_key is not None and len(uris) > 1:
+        raise UnsupportedError("a signature covers one model; sign each model's own archive")
+    layout.check_options(options)
     raw_dest = os.fspath(dest) if dest is not None else os.getcwd() + os.sep
     location = resolve(raw_dest, storage_options)
     into_folder = is_folder_target(location, raw_dest)
@@ -161,16 +193,25 @@ def export_model(
     from mlflow_archive_plugin.mlflow_source import read_model
 
     with tempfile.TemporaryDirectory(prefix="mlflow-archive-export-") as scratch:
-        download = Path(scratch, "download")
-        download.mkdir()
-        snapshot = read_model(
-            model_uri, download, tracking_uri=tracking_uri, registry_uri=registry_uri
-        )
+        snapshots = []
+        for index, uri in enumerate(uris):
+            download = Path(scratch, "download" if index == 0 else f"download-{index}")
+            download.mkdir()
+            snapshots.append(read_model(
+                uri, download, tracking_uri=tracking_uri, registry_uri=registry_uri
+            ))
+        snapshot = snapshots[0]
+        if len(snapshots) > 1:
+            snapshot.bundle = snapshots
         stored = stored_archive(snapshot.model_dir, snapshot.mlmodel)
-        if stored is not None and stored[0].get("layout") == layout.name and not options:
+        if (stored is not None and stored[0].get("layout") == layout.name and not options
+                and len(snapshots) == 1 and encryption_key is None):
             asked = container or (None if into_folder else _container_named(location.path, layout))
             return _export_stored(snapshot, stored, location, into_folder, asked, force,
                                   sign_key)
+        warnings = layout.warnings(snapshot, options)
+        if encryption_key is not None:
+            layout.seal(snapshot, encryption_key, Path(scratch, "sealed"))
         extra: tuple[Entry, ...] = ()
         if sign_key is not None:
             signature = Path(scratch) / SIGNATURE_NAME
@@ -193,6 +234,7 @@ def export_model(
         digest=written.digest,
         model_name=snapshot.registered_model.name if snapshot.registered_model else None,
         model_version=version.version if version else None,
+        warnings=warnings,
     )
 
 
@@ -210,8 +252,10 @@ def import_archive(
     limits: ReadLimits | None = None,
     verify_key: str | os.PathLike | None = None,
     scan: str = "warn",
+    encryption_key: bytes | None = None,
 ) -> ImportResult:
-    """Register the model in the archive at ``source`` as a new model version.
+    """Register the model in the archive at ``source`` as a new model version (each model
+    as its own version, for an archive of several).
 
     The archive is extracted into a fresh temporary folder and verified against its
     ``checksum.txt`` (and, with ``verify_key``, its model-signing signature) before anything
@@ -220,7 +264,8 @@ def import_archive(
     the archive is unpickled or run. Importing the same archive again returns the version
     made the first time (``on_exists="reuse"``); ``"new"`` registers another, ``"fail"``
     raises :class:`~mlflow_archive_plugin.errors.VersionExistsError`. ``limits`` bounds what
-    reading may produce (see :class:`ReadLimits`).
+    reading may produce (see :class:`ReadLimits`). An encrypted MLSteam package needs its
+    ``encryption_key``; every file is decrypted before anything is registered.
     """
     if scan not in SCAN_MODES:
         choices = ", ".join(SCAN_MODES)
@@ -228,7 +273,7 @@ def import_archive(
     if on_exists not in ON_EXISTS_CHOICES:
         choices = ", ".join(ON_EXISTS_CHOICES)
         raise UnsupportedError(f"unknown on_exists {on_exists!r}; choose one of: {choices}")
-    from mlflow_archive_plugin.registry import register
+    from mlflow_archive_plugin.registry import register, unregister
     from mlflow_archive_plugin.tracking import probe, resolve_tracking_uri
 
     probe(resolve_tracking_uri(tracking_uri))
@@ -241,9 +286,18 @@ def import_archive(
         problems = metadata_problems(snapshot, scanned)
         if problems:
             raise IntegrityError(f"archive failed verification: {problems[0]}", problems)
+        members = snapshot.members
+        if name is not None and len(members) > 1:
+            raise UnsupportedError(f"--name renames one model, but the archive holds "
+                                   f"{len(members)}; import it without --name")
+        findings = scan_pickles(root)
+        if snapshot.encryption is not None:
+            plain = Path(wrapped, "plain")
+            _decrypt(snapshot, encryption_key, plain)
+            findings += scan_pickles(plain)
         if verify_key is not None:
             verify_model_dir(snapshot.model_dir, root / SIGNATURE_NAME, Path(verify_key))
-        pickle_warnings = enforce(scan_pickles(root), scan)
+        pickle_warnings = enforce(findings, scan)
         digest = archive_digest(scanned)
         if snapshot.is_foreign:
             # No MLflow model inside: keep the archive itself, as it came, plus its files.
@@ -252,26 +306,62 @@ def import_archive(
                 location, scanned.container, root, snapshot.model_dir, layout=snapshot.layout,
                 manifest=snapshot.foreign_manifest or {}, digest=digest,
             )
-        registered = register(
-            snapshot,
-            digest,
-            name=name,
-            experiment=experiment,
-            on_exists=on_exists,
-            aliases=aliases,
-            tracking_uri=tracking_uri,
-            registry_uri=registry_uri,
+        done: list[tuple[Any, str]] = []  # (registry.Registered, its digest)
+        try:
+            for member in members:
+                # Each model of a bundle is recognised on re-import by its own digest, even
+                # when two of them are versions of one registered model.
+                member_digest = digest if len(members) == 1 else f"{digest}#{member.model_path}"
+                done.append((register(
+                    member,
+                    member_digest,
+                    name=name,
+                    experiment=experiment,
+                    on_exists=on_exists,
+                    aliases=aliases,
+                    tracking_uri=tracking_uri,
+                    registry_uri=registry_uri,
+                ), member_digest))
+        except BaseException:
+            for registered, _ in reversed(done):
+                unregister(registered, tracking_uri=tracking_uri, registry_uri=registry_uri)
+            raise
+    results = [
+        ImportResult(
+            name=registered.name,
+            version=registered.version,
+            model_uri=f"models:/{registered.name}/{registered.version}",
+            reused=registered.reused,
+            run_id=registered.run_id,
+            model_id=registered.model_id,
+            digest=member_digest,
+            warnings=registered.warnings,
         )
-    return ImportResult(
-        name=registered.name,
-        version=registered.version,
-        model_uri=f"models:/{registered.name}/{registered.version}",
-        reused=registered.reused,
-        run_id=registered.run_id,
-        model_id=registered.model_id,
-        digest=digest,
-        warnings=pickle_warnings + registered.warnings,
+        for registered, member_digest in done
+    ]
+    return dataclasses.replace(
+        results[0], digest=digest,
+        warnings=pickle_warnings + [line for result in results for line in result.warnings],
+        models=results if len(results) > 1 else [],
     )
+
+
+def _decrypt(snapshot: Snapshot, key: bytes | None, into: Path) -> None:
+    """Decrypt each model folder of an encrypted package into ``into``, all of them before
+    anything is registered; the snapshots then point at the plain files."""
+    if key is None:
+        raise EncryptionError("the archive's model files are encrypted; pass --key-file or "
+                              "--key-env with the key it was encrypted with")
+    plain_dirs: dict[str, Path] = {}
+    for member in [snapshot, *snapshot.members]:
+        if member.model_path not in plain_dirs:
+            plain = crypto.decrypt_tree(member.model_dir, into / member.model_path, key,
+                                        snapshot.encryption or {}, member.model_path + "/")
+            if not (plain / "MLmodel").is_file():
+                raise CorruptArchiveError(f"{member.model_path} holds no MLmodel once "
+                                          "decrypted, so it is no MLflow model")
+            plain_dirs[member.model_path] = plain
+        member.model_dir = plain_dirs[member.model_path]
 
 
 def _export_stored(snapshot: Snapshot, stored: tuple[dict[str, Any], Path], location,

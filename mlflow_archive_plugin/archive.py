@@ -276,17 +276,34 @@ def _scan(location: Location, staging: Path | None, keep_going: bool, show_progr
 
 # Documents whose presence inside a lone top-level folder marks that folder as a wrapper.
 _ROOT_MARKERS = (CHECKSUM_NAME, METADATA_NAME, "MAR-INF/MANIFEST.json")
+# How deep wrapper folders go: ``<name>/`` in a .mar's tgz, ``<name>/<version>/`` in a
+# portable package.
+_MAX_WRAPPER_DEPTH = 2
+
+
+def _wrapper_prefix(records: dict[str, FileRecord]) -> str:
+    """The folders (at most two) every entry sits under, down to the first that holds the
+    archive's documents; empty if there is no such folder."""
+    prefix = ""
+    for _ in range(_MAX_WRAPPER_DEPTH):
+        rest = [name.removeprefix(prefix) for name in records]
+        if not rest or any("/" not in name for name in rest):
+            return ""
+        tops = {name.split("/", 1)[0] for name in rest}
+        if len(tops) != 1:
+            return ""
+        prefix += f"{tops.pop()}/"
+        if any(prefix + marker in records for marker in _ROOT_MARKERS):
+            return prefix
+    return ""
 
 
 def _strip_wrapper_folder(scanned: Scanned) -> None:
-    """Treat ``name/`` as the archive's root when every entry is under it and it holds the
-    archive's documents, as in torch-model-archiver's tgz format."""
-    names = list(scanned.records)
-    if not names or any("/" not in name for name in names):
-        return
-    tops = {name.split("/", 1)[0] for name in names}
-    prefix = f"{tops.pop()}/"
-    if tops or not any(prefix + marker in scanned.records for marker in _ROOT_MARKERS):
+    """Treat the folder every entry is under as the archive's root when it holds the
+    archive's documents: ``name/`` in torch-model-archiver's tgz format, ``<name>/<version>/``
+    in a portable package."""
+    prefix = _wrapper_prefix(scanned.records)
+    if not prefix:
         return
     scanned.prefix = prefix
     scanned.records = {name.removeprefix(prefix): dataclasses.replace(
@@ -295,13 +312,15 @@ def _strip_wrapper_folder(scanned: Scanned) -> None:
 
 
 def _is_captured(name: str) -> bool:
-    """A document kept in memory: at the root, or one folder down (a wrapper folder's)."""
-    return name in _CAPTURED or (name.count("/") == 1 and name.split("/", 1)[1] in _CAPTURED)
+    """A document kept in memory: at the root, or in a wrapper folder (one or two down)."""
+    return name in _CAPTURED or (
+        name.count("/") <= _MAX_WRAPPER_DEPTH and name.rsplit("/", 1)[-1] in _CAPTURED
+    )
 
 
 # Extensions whose consumers accept one container only: another one under that name is a
 # mistake (a gzip file renamed .bentomodel fails in BentoML with an LZMA error).
-_CONTAINER_OF_EXTENSION = {".bentomodel": "tar.xz", ".mar": "zip"}
+_CONTAINER_OF_EXTENSION = {".bentomodel": "tar.xz", ".mar": "zip", ".mlarchive": "zip"}
 
 
 def _check_extension(location: Location, container: str) -> None:

@@ -19,11 +19,14 @@ from mlflow_archive_plugin import api
 from mlflow_archive_plugin.api import ON_EXISTS_CHOICES
 from mlflow_archive_plugin.archive import ReadLimits
 from mlflow_archive_plugin.containers import CONTAINER_NAMES
-from mlflow_archive_plugin.errors import ArchiveError
-from mlflow_archive_plugin.layouts import LAYOUTS
+from mlflow_archive_plugin.crypto import read_key
+from mlflow_archive_plugin.errors import ArchiveError, UnsupportedError
+from mlflow_archive_plugin.layouts import LAYOUTS, mlarchive
 from mlflow_archive_plugin.scanning import SCAN_MODES, PickleFinding, enforce
 
 _KEY = click.Path(exists=True, dir_okay=False)
+# An encryption key file is checked by read_key, whose errors are one line.
+_SECRET = click.Path(dir_okay=False)
 _TRACKING_HELP = "Tracking server or database URI (default: MLFLOW_TRACKING_URI, then MLflow's)."
 
 
@@ -182,8 +185,65 @@ def _mar_options(command):
     return command
 
 
+def _mlarchive_options(command):
+    """MLSteam package settings: strict spec output, encryption, cleanup of decrypted files."""
+    options = [
+        click.option("--strict", is_flag=True, help="[--format mlarchive] Refuse a model whose "
+                     "framework MLSteam does not list, instead of warning."),
+        click.option("--encrypt", is_flag=True, help="[--format mlarchive] Encrypt the model "
+                     "files (AES-256-GCM); in a folder the file is model-enc.mlarchive."),
+        click.option("--key-file", type=_SECRET, help="The 32-byte key for --encrypt: raw, 64 hex "
+                     "characters or base64."),
+        click.option("--key-env", metavar="VAR", help="Environment variable holding the key "
+                     "for --encrypt (hex or base64)."),
+        click.option("--cleanup", type=click.Choice(mlarchive.CLEANUP_POLICIES),
+                     help="[--encrypt] enc_model_cleanup: delete decrypted files after load "
+                          "(default after-load) or never."),
+        click.option("--cleanup-file", "cleanup_files", multiple=True, metavar="PATTERN",
+                     help="[--encrypt] enc_model_cleanup_files glob, relative to the package "
+                          "root; repeatable (default: models)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _mlarchive_settings(fmt: str, strict: bool, encrypt: bool, key_file: str | None,
+                        key_env: str | None, cleanup: str | None,
+                        cleanup_files: tuple[str, ...]) -> tuple[dict[str, Any], bytes | None]:
+    """The mlarchive layout's options and the encryption key, from the export flags."""
+    options: dict[str, Any] = {}
+    if strict:
+        options["strict"] = True
+    if cleanup:
+        options["cleanup"] = cleanup
+    if cleanup_files:
+        options["cleanup_files"] = list(cleanup_files)
+    flags = [flag for flag, given in (("--strict", strict), ("--encrypt", encrypt),
+                                      ("--cleanup", cleanup), ("--cleanup-file", cleanup_files))
+             if given]
+    if flags and fmt != "mlarchive":
+        raise UnsupportedError(f"{flags[0]} applies to --format mlarchive only")
+    if (cleanup or cleanup_files) and not encrypt:
+        raise UnsupportedError("--cleanup and --cleanup-file apply to encrypted packages; "
+                               "add --encrypt")
+    if (key_file or key_env) and not encrypt:
+        raise UnsupportedError("--key-file and --key-env give the key for --encrypt; add "
+                               "--encrypt")
+    if encrypt and not (key_file or key_env):
+        raise UnsupportedError("--encrypt needs a key: --key-file PATH or --key-env VAR "
+                               "(make one with: openssl rand -hex 32)")
+    return options, (_read_key(key_file, key_env) if encrypt else None)
+
+
+def _read_key(key_file: str | None, key_env: str | None) -> bytes | None:
+    if key_file is None and key_env is None:
+        return None
+    return read_key(key_file, key_env)
+
+
 @cli.command("export")
-@click.argument("model_uri")
+@click.argument("model_uris", nargs=-1, required=True, metavar="MODEL_URI...")
 @click.option("-o", "--output", "dest", help="File, URL, or folder to write into (default: .).")
 @click.option("--format", "fmt", type=click.Choice(sorted(LAYOUTS)), default="mlflow",
               show_default=True, help="Archive layout.")
@@ -197,27 +257,42 @@ def _mar_options(command):
               "(OpenSSF model-signing; needs the [sign] extra).")
 @_storage_option
 @_mar_options
-def export_command(model_uri, dest, fmt, container, force, tracking_uri, as_json, quiet,
-                   sign_key, storage_options, **mar):
+@_mlarchive_options
+def export_command(model_uris, dest, fmt, container, force, tracking_uri, as_json, quiet,
+                   sign_key, storage_options, strict, encrypt, key_file, key_env, cleanup,
+                   cleanup_files, **mar):
     """Export MODEL_URI (models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID, runs:/RUN/NAME).
 
     With --format mar the archive is a TorchServe .mar serving the model through
     mlflow.pyfunc; --handler, --model-file, --serialized-file, --extra-files, --config-file
     and --requirements-file replace or extend the generated parts, as torch-model-archiver's
     flags of the same names do.
+
+    With --format mlarchive the archive is an MLSteam package; several MODEL_URIs go into one
+    package, and --encrypt encrypts the model files with the key from --key-file or
+    --key-env.
     """
     options = {key: value for key, value in mar.items() if value is not None}
     if options and fmt != "mar":
         flag = "--" + next(iter(options)).replace("_", "-")
         raise click.UsageError(f"{flag} applies to --format mar only")
-    result = api.export_model(model_uri, dest, format=fmt, container=container, force=force,
+    if len(model_uris) > 1 and fmt != "mlarchive":
+        raise UnsupportedError(f"several models go into one archive with --format mlarchive "
+                               f"only; export them one at a time with --format {fmt}")
+    mlarchive_options, key = _mlarchive_settings(fmt, strict, encrypt, key_file, key_env,
+                                                 cleanup, cleanup_files)
+    options.update(mlarchive_options)
+    result = api.export_model(model_uris[0] if len(model_uris) == 1 else list(model_uris), dest,
+                              format=fmt, container=container, force=force,
                               tracking_uri=tracking_uri, storage_options=storage_options,
                               progress=_progress(quiet), sign_key=sign_key,
-                              options=options or None)
+                              options=options or None, encryption_key=key)
+    for line in result.warnings:
+        click.echo(f"warning: {line}", err=True)
     data = {key: getattr(result, key) for key in
             ("location", "format", "container", "size", "sha256", "file_count", "digest")}
     _emit(as_json, data, [
-        f"exported {model_uri} -> {result.location}",
+        f"exported {' '.join(model_uris)} -> {result.location}",
         f"  format {result.format}, container {result.container}, {result.file_count} files, "
         f"{_human_size(result.size)}",
         *([f"  sha256 {result.sha256}"] if result.sha256 else []),
@@ -240,21 +315,34 @@ def export_command(model_uri, dest, fmt, container, force, tracking_uri, as_json
               "signature verifies with this PEM public key.")
 @click.option("--scan", type=click.Choice(SCAN_MODES), default="warn", show_default=True,
               help="Pickle scanning: strict refuses dangerous or unknown imports.")
+@click.option("--key-file", type=_SECRET, help="Key of an encrypted MLSteam package (32 bytes: "
+              "raw, 64 hex characters or base64).")
+@click.option("--key-env", metavar="VAR", help="Environment variable holding the key of an "
+              "encrypted MLSteam package.")
 @_storage_option
 def import_command(source, name, experiment, on_exists, no_aliases, tracking_uri, as_json, quiet,
-                   max_members, max_size, max_ratio, verify_key, scan, storage_options):
-    """Verify the archive at SOURCE and register it as a model version."""
+                   max_members, max_size, max_ratio, verify_key, scan, key_file, key_env,
+                   storage_options):
+    """Verify the archive at SOURCE and register it as a model version (one per model, for an
+    MLSteam package of several)."""
+    if key_file and key_env:
+        raise UnsupportedError("give the key one way: --key-file or --key-env")
     result = api.import_archive(source, name=name, experiment=experiment, on_exists=on_exists,
                                 aliases=not no_aliases, tracking_uri=tracking_uri,
                                 storage_options=storage_options, progress=_progress(quiet),
                                 limits=_limits(max_members, max_size, max_ratio),
-                                verify_key=verify_key, scan=scan)
+                                verify_key=verify_key, scan=scan,
+                                encryption_key=_read_key(key_file, key_env))
     for line in result.warnings:
         click.echo(f"warning: {line}", err=True)
-    data = {key: getattr(result, key) for key in
-            ("name", "version", "model_uri", "reused", "warnings")}
-    verb = "already imported as" if result.reused else "registered"
-    _emit(as_json, data, [f"{verb} {result.model_uri}"])
+    keys = ("name", "version", "model_uri", "reused", "warnings")
+    data = {key: getattr(result, key) for key in keys}
+    if result.models:
+        data["models"] = [{key: getattr(model, key) for key in keys} for model in result.models]
+    _emit(as_json, data, [
+        f"{'already imported as' if model.reused else 'registered'} {model.model_uri}"
+        for model in result.models or [result]
+    ])
 
 
 @cli.command("inspect")

@@ -69,3 +69,7 @@ class TrackingServerError(ArchiveError):
 
 class VersionExistsError(ArchiveError):
     """Import with ``on_exists='fail'`` found a version made from the same archive."""
+
+
+class EncryptionError(ArchiveError):
+    """A key is missing, malformed or wrong, or an encrypted model file does not decrypt."""

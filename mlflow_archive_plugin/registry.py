@@ -51,6 +51,8 @@ class Registered:
     run_id: str | None = None
     model_id: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # Whether this import created the registered model (so undoing it deletes that too).
+    created_model: bool = False
 
 
 @dataclass
@@ -145,7 +147,24 @@ def _create_all(client, created, snapshot, digest, target, experiment, aliases) 
     if aliases and snapshot.model_version is not None:
         warnings = _set_free_aliases(client, target, str(version.version),
                                      snapshot.model_version.aliases)
-    return Registered(target, str(version.version), False, run_id, model_id, warnings)
+    return Registered(target, str(version.version), False, run_id, model_id, warnings,
+                      created_model=created.registered_model is not None)
+
+
+def unregister(registered: Registered, *, tracking_uri: str | None = None,
+               registry_uri: str | None = None) -> None:
+    """Delete what :func:`register` created for ``registered`` (nothing if it was reused):
+    used when a later model of the same archive fails to import."""
+    if registered.reused:
+        return
+    client = connect(resolve_tracking_uri(tracking_uri), registry_uri)
+    _Created(
+        client,
+        run_id=registered.run_id,
+        model_id=registered.model_id,
+        registered_model=registered.name if registered.created_model else None,
+        version=(registered.name, registered.version),
+    ).roll_back()
 
 
 def _set_free_aliases(client, name: str, version: str, aliases: list[str]) -> list[str]:

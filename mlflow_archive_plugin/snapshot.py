@@ -117,6 +117,18 @@ class Snapshot:
     # Set when the archive was not written by this plugin (a .mar from torch-model-archiver):
     # the consumer's own manifest, from which the registry entry was guessed.
     foreign_manifest: dict[str, Any] | None = None
+    # Every model of an archive that holds several (an MLSteam package), this one first;
+    # empty for an archive of one model, whose document then has no "models" list.
+    bundle: list[Snapshot] = field(default_factory=list)
+    # How the model files are encrypted (scheme, key fingerprint), when they are.
+    encryption: dict[str, Any] | None = None
+    # Export only, never in the document: where the encrypted copies of model_dir's files are.
+    sealed_dir: Path | None = None
+
+    @property
+    def members(self) -> list[Snapshot]:
+        """The models the archive holds: the bundle, or this snapshot alone."""
+        return self.bundle or [self]
 
     @property
     def is_foreign(self) -> bool:
@@ -133,10 +145,26 @@ class Snapshot:
         return "model"
 
     def to_document(self) -> dict[str, Any]:
-        """The ``mlflow-archive.json`` document (without the model files themselves)."""
-        return {
+        """The ``mlflow-archive.json`` document (without the model files themselves).
+
+        An archive of several models describes the first at the top level, as an archive of
+        one does (so a reader that knows one model per archive reads that one), and lists
+        all of them under ``models``.
+        """
+        document = {
             "format": DOCUMENT_FORMAT,
             "schema_version": SCHEMA_VERSION,
+            **self._model_document(),
+            "files": [record.to_dict() for record in self.files],
+        }
+        if self.bundle:
+            document["models"] = [member._model_document() for member in self.bundle]
+        if self.encryption is not None:
+            document["encryption"] = self.encryption
+        return document
+
+    def _model_document(self) -> dict[str, Any]:
+        return {
             "layout": self.layout,
             "model_path": self.model_path,
             "registered_model": _as_dict(self.registered_model),
@@ -145,7 +173,6 @@ class Snapshot:
             "run": _as_dict(self.run),
             "mlmodel": self.mlmodel,
             "lineage": dataclasses.asdict(self.lineage),
-            "files": [record.to_dict() for record in self.files],
         }
 
     def to_json(self) -> bytes:
@@ -176,6 +203,30 @@ class Snapshot:
                 f"{METADATA_NAME} has schema_version {version}, newer than this plugin reads "
                 f"({SCHEMA_VERSION}); upgrade mlflow-archive-plugin"
             )
+        snapshot = cls._from_model_document(document, model_dir)
+        try:
+            snapshot.files = [FileRecord(str(f["path"]), int(f["size"]), str(f["sha256"]))
+                              for f in document.get("files", [])]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _malformed(f"a field has the wrong shape ({exc})") from exc
+        members = document.get("models")
+        if members is not None:
+            if not isinstance(members, list) or not members \
+                    or not all(isinstance(member, dict) for member in members):
+                raise _malformed("'models' is not a list of model objects")
+            snapshot.bundle = [cls._from_model_document(member, model_dir)
+                               for member in members]
+        encryption = document.get("encryption")
+        if encryption is not None:
+            if not isinstance(encryption, dict) \
+                    or not all(isinstance(value, str) for value in encryption.values()):
+                raise _malformed("'encryption' is not an object of text values")
+            snapshot.encryption = encryption
+        return snapshot
+
+    @classmethod
+    def _from_model_document(cls, document: dict[str, Any], model_dir: Path) -> Snapshot:
+        """One model's fields (the top level of a document, or an entry of its ``models``)."""
         mlmodel = document.get("mlmodel")
         if not isinstance(mlmodel, dict):
             raise _malformed("'mlmodel' is missing or not an object")
@@ -191,8 +242,6 @@ class Snapshot:
                 "the archive is unsafe"
             ) from exc
         try:
-            files = [FileRecord(str(f["path"]), int(f["size"]), str(f["sha256"]))
-                     for f in document.get("files", [])]
             snapshot = cls(
                 model_dir=model_dir,
                 mlmodel=mlmodel,
@@ -203,7 +252,6 @@ class Snapshot:
                 run=_build(RunInfo, document.get("run")),
                 layout=str(document.get("layout", "mlflow")),
                 model_path=model_path,
-                files=files,
             )
             _check_values(snapshot)
             return snapshot

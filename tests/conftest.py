@@ -218,10 +218,12 @@ class MlflowServer:
     def stop(self) -> None:
         if self.process.poll() is not None:
             return
+        # The server's data lives in a temp folder that is thrown away: a short grace period
+        # is enough (uvicorn otherwise waits on the tests' keep-alive connections).
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=15)
+            self.process.wait(timeout=3)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)

@@ -8,11 +8,16 @@ from mlflow_archive_plugin.errors import UnsupportedError
 from mlflow_archive_plugin.layouts.base import Entry, Layout
 from mlflow_archive_plugin.layouts.bentoml import BentomlLayout
 from mlflow_archive_plugin.layouts.mar import MarLayout
+from mlflow_archive_plugin.layouts.mlarchive import MlarchiveLayout
 from mlflow_archive_plugin.layouts.mlflow import MlflowLayout
+from mlflow_archive_plugin.layouts.portable import PortableLayout
 
-# Detection tries them in this order: our own metadata document first, then foreign manifests.
+# Detection tries them in this order: our own metadata document first (a portable package's
+# and an MLSteam package's before the native layout, which takes any), then foreign manifests.
 LAYOUTS: dict[str, Layout] = {
-    layout.name: layout for layout in (MlflowLayout(), MarLayout(), BentomlLayout())
+    layout.name: layout
+    for layout in (PortableLayout(), MlarchiveLayout(), MlflowLayout(), MarLayout(),
+                   BentomlLayout())
 }
 
 
@@ -30,7 +35,8 @@ def detect_layout(names: set[str], root: Path) -> Layout:
             return layout
     raise UnsupportedError(
         "the archive holds no mlflow-archive.json and no manifest of a format this plugin "
-        "reads (MAR-INF/MANIFEST.json for TorchServe, model.yaml for BentoML); it is not a "
+        "reads (MAR-INF/MANIFEST.json for TorchServe, model.yaml for BentoML, manifest.json "
+        "for MLSteam); it is not a "
         "model archive"
     )
 

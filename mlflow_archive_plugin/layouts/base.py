@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlflow_archive_plugin.errors import UnsupportedError
 from mlflow_archive_plugin.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -34,6 +35,24 @@ class Layout(ABC):
     containers: tuple[str, ...]
     # File extensions, besides each container's own, that ask for a container (``.xz``).
     extra_extensions: dict[str, str] = {}  # noqa: RUF012 - read-only class data
+    # Whether one archive may hold several models (``Snapshot.bundle``).
+    several_models: bool = False
+
+    def check_options(self, options: dict[str, Any] | None) -> None:
+        """Refuse wrong layout options before any model is downloaded (``plan`` checks
+        them again)."""
+        return None
+
+    def warnings(self, snapshot: Snapshot, options: dict[str, Any] | None = None) -> list[str]:
+        """Where the archive will not be what its consumer expects, one line each (a
+        framework outside MLSteam's list, say)."""
+        return []
+
+    def seal(self, snapshot: Snapshot, key: bytes, workdir: Path) -> None:
+        """Encrypt the model files into ``workdir`` (``Snapshot.sealed_dir``), for layouts
+        whose consumer decrypts them."""
+        raise UnsupportedError(f"the {self.name} format does not encrypt models; use "
+                               "--format mlarchive")
 
     @abstractmethod
     def plan(self, snapshot: Snapshot, options: dict[str, Any] | None = None) -> list[Entry]:

@@ -1,0 +1,1 @@
+"""Files copied verbatim into archives (a portable package's ``predict.py``); never imported."""
