@@ -209,9 +209,9 @@ def export_model(
             asked = container or (None if into_folder else _container_named(location.path, layout))
             return _export_stored(snapshot, stored, location, into_folder, asked, force,
                                   sign_key)
-        warnings = layout.warnings(snapshot, options)
         if encryption_key is not None:
             layout.seal(snapshot, encryption_key, Path(scratch, "sealed"))
+        warnings = layout.warnings(snapshot, options)
         extra: tuple[Entry, ...] = ()
         if sign_key is not None:
             signature = Path(scratch) / SIGNATURE_NAME
@@ -341,7 +341,8 @@ def import_archive(
     ]
     return dataclasses.replace(
         results[0], digest=digest,
-        warnings=pickle_warnings + [line for result in results for line in result.warnings],
+        warnings=pickle_warnings + snapshot.warnings
+        + [line for result in results for line in result.warnings],
         models=results if len(results) > 1 else [],
     )
 

@@ -124,6 +124,9 @@ class Snapshot:
     encryption: dict[str, Any] | None = None
     # Export only, never in the document: where the encrypted copies of model_dir's files are.
     sealed_dir: Path | None = None
+    # Import only, never in the document: what reading the archive could not keep, one line
+    # each, reported with the import's warnings.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def members(self) -> list[Snapshot]:

@@ -614,6 +614,216 @@ def test_hand_written_package_of_other_files_round_trips_byte_for_byte(server_b,
     assert not (tmp_path / "marker").exists()
 
 
+# --------------------------------------------------------------------------- kept hooks
+
+
+def own_hooks(marker: Path) -> dict[str, bytes]:
+    """Hand-written hooks no generator would write: comments, non-ASCII text, CRLF line ends,
+    no final newline, a helper module, an empty package file; importing any writes
+    ``marker``."""
+    top = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('the hook ran')\n"
+    return {
+        "load.py": ("# Hand-written for MLSteam — ünïcode kept as it is\r\n" + top
+                    + "from util import pick\r\n\r\ndef load(*args, env=None, **kwargs):\r\n"
+                    "    return pick(env)\r\n").encode("utf-8"),
+        "predict.py": ("# predicts with the hand-written helper\n" + top
+                       + "def predict(*args, env=None, model=None, inputs=None, **kwargs):\n"
+                       "    return model.predict(inputs)").encode("utf-8"),
+        "util.py": ("# helper next to the hooks\n" + top
+                    + "def pick(env):\n    return env['MLSTEAM_MODEL_DIR']\n").encode("utf-8"),
+        "lib/__init__.py": b"",
+    }
+
+
+def write_hooks(root: Path, hooks: dict[str, bytes]) -> None:
+    shutil.rmtree(root / "hooks")
+    for name, data in hooks.items():
+        (root / "hooks" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "hooks" / name).write_bytes(data)
+
+
+def hook_version_tags(url: str, name: str, version: str) -> dict[str, str]:
+    tags = client_for(url).get_model_version(name, version).tags
+    return {key: value for key, value in tags.items() if key.startswith("mlsteam.hook.")}
+
+
+@pytest.fixture(scope="module")
+def kept(encrypted, server_b, tmp_path_factory):
+    """A hand-written package with its own hooks, imported then exported as mlarchive:
+    (package folder, its hooks, marker, ImportResult, export extracted, ExportResult)."""
+    from mlflow_archive_plugin import export_model, import_archive
+
+    scratch = tmp_path_factory.mktemp("mlarchive-kept")
+    _, source = encrypted
+    marker = scratch / "hook-ran"
+    inputs = [{"name": "features", "type": "list[float]"}]
+    root = write_spec_package(scratch / "pkg", {".": source}, {"models": [spec_entry(
+        unique("mls-kept"), inputs=inputs)]}, marker)
+    hooks = own_hooks(marker)
+    write_hooks(root, hooks)
+    imported = import_archive(zip_folder(root, scratch / "hand.mlarchive"),
+                              tracking_uri=server_b.url)
+    again = export_model(imported.model_uri, str(scratch / "again.mlarchive"),
+                         format="mlarchive", tracking_uri=server_b.url)
+    return root, hooks, marker, imported, extract(again.location, scratch / "again"), again
+
+
+def test_hand_written_hooks_are_kept_as_version_tags_holding_their_text(kept, server_b):
+    _, hooks, _, imported, _, _ = kept
+    assert imported.warnings == []
+    assert hook_version_tags(server_b.url, imported.name, imported.version) == {
+        f"mlsteam.hook.{name}": data.decode("utf-8") for name, data in hooks.items()}
+
+
+def test_kept_hooks_are_exported_again_byte_for_byte(kept):
+    root, _, _, _, again, _ = kept
+    exported = {path: digest for path, digest in tree_hashes(again).items()
+                if path.startswith("hooks/")}
+    assert exported == {path: digest for path, digest in tree_hashes(root).items()
+                        if path.startswith("hooks/")}
+    assert (again / "hooks/load.py").read_bytes() == (root / "hooks/load.py").read_bytes()
+
+
+def test_kept_hooks_export_keeps_the_manifest_fields_and_the_model_files(kept):
+    root, _, _, imported, again, result = kept
+    (original,) = read_manifest(root)["models"]
+    (entry,) = read_manifest(again)["models"]
+    assert {key: entry[key] for key in original} == original
+    assert model_hashes(again / "models") == model_hashes(root / "models")
+    names = zipfile.ZipFile(result.location).namelist()
+    assert names[0] == "manifest.json" and names[-2:] == [METADATA_FILE, CHECKSUM_FILE]
+    assert result.warnings == []
+
+
+def test_kept_hooks_never_run_on_import_export_or_verify(kept):
+    from mlflow_archive_plugin import verify_archive
+
+    _, _, marker, _, _, result = kept
+    assert verify_archive(result.location).ok
+    assert not marker.exists()
+
+
+def test_kept_hooks_survive_importing_the_exported_package_and_exporting_it_again(
+    kept, server_b, tmp_path
+):
+    from mlflow_archive_plugin import export_model, import_archive
+
+    root, _, marker, _, _, result = kept
+    reimported = import_archive(result.location, tracking_uri=server_b.url)
+    third = export_model(reimported.model_uri, str(tmp_path / "third.mlarchive"),
+                         format="mlarchive", tracking_uri=server_b.url)
+    with zipfile.ZipFile(third.location) as zf:
+        hooks = {name: zf.read(name) for name in zf.namelist() if name.startswith("hooks/")}
+    assert hooks == {f"hooks/{path}": path_bytes for path, path_bytes in
+                     ((p.relative_to(root / "hooks").as_posix(), p.read_bytes())
+                      for p in (root / "hooks").rglob("*") if p.is_file())}
+    assert not marker.exists()
+
+
+def test_an_encrypted_export_of_kept_hooks_gets_the_generated_ones_and_a_warning(
+    kept, server_b, tmp_path
+):
+    from mlflow_archive_plugin import export_model
+
+    _, _, _, imported, _, _ = kept
+    result = export_model(imported.model_uri, str(tmp_path) + "/", format="mlarchive",
+                          tracking_uri=server_b.url, encryption_key=KEY)
+    with zipfile.ZipFile(result.location) as zf:
+        hooks = sorted(name for name in zf.namelist() if name.startswith("hooks/"))
+        predict = zf.read("hooks/predict.py")
+    assert hooks == list(HOOK_FILES)
+    assert predict == Path(mlarchive.predict_hook.__file__).read_bytes()
+    assert any("kept the hooks" in line and "encrypted" in line for line in result.warnings)
+
+
+def test_each_model_of_a_hand_written_package_keeps_its_hooks(encrypted, server_b, tmp_path):
+    from mlflow_archive_plugin import export_model, import_archive
+
+    _, source = encrypted
+    first, second = unique("mls-hooks-a"), unique("mls-hooks-b")
+    marker = tmp_path / "marker"
+    root = write_spec_package(tmp_path / "pkg", {first: source, second: source},
+                              {"models": [spec_entry(first), spec_entry(second)]}, marker)
+    hooks = own_hooks(marker)
+    write_hooks(root, hooks)
+    imported = import_archive(zip_folder(root, tmp_path / "two.mlarchive"),
+                              tracking_uri=server_b.url)
+    expected = {f"mlsteam.hook.{name}": data.decode("utf-8") for name, data in hooks.items()}
+    for model in imported.models:
+        assert hook_version_tags(server_b.url, model.name, model.version) == expected
+    alone = export_model(imported.models[1].model_uri, str(tmp_path / "alone.mlarchive"),
+                         format="mlarchive", tracking_uri=server_b.url)
+    with zipfile.ZipFile(alone.location) as zf:
+        assert {name: zf.read(f"hooks/{name}") for name in hooks} == hooks
+    both = export_model([model.model_uri for model in imported.models],
+                        str(tmp_path / "both.mlarchive"), format="mlarchive",
+                        tracking_uri=server_b.url)
+    with zipfile.ZipFile(both.location) as zf:
+        assert sorted(n for n in zf.namelist() if n.startswith("hooks/")) == list(HOOK_FILES)
+    assert sum("kept the hooks" in line for line in both.warnings) == 2
+    assert not marker.exists()
+
+
+def test_hooks_that_cannot_be_kept_warn_and_export_gets_the_generated_ones(
+    encrypted, server_b, tmp_path
+):
+    from mlflow_archive_plugin import export_model, import_archive
+
+    _, source = encrypted
+    marker = tmp_path / "marker"
+    root = write_spec_package(tmp_path / "pkg", {".": source},
+                              {"models": [spec_entry(unique("mls-latin1"))]}, marker)
+    (root / "hooks" / "util.py").write_bytes("# écrit à la main\n".encode("latin-1"))
+    imported = import_archive(zip_folder(root, tmp_path / "latin1.mlarchive"),
+                              tracking_uri=server_b.url)
+    (line,) = [line for line in imported.warnings if "hooks are not kept" in line]
+    assert "hooks/util.py is not UTF-8 text" in line and "\n" not in line
+    assert hook_version_tags(server_b.url, imported.name, imported.version) == {}
+    again = export_model(imported.model_uri, str(tmp_path / "again.mlarchive"),
+                         format="mlarchive", tracking_uri=server_b.url)
+    root_again = extract(again.location, tmp_path / "again")
+    assert sorted(p.name for p in (root_again / "hooks").iterdir()) == ["load.py", "predict.py"]
+    assert (root_again / "hooks/predict.py").read_bytes() == Path(
+        mlarchive.predict_hook.__file__).read_bytes()
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("name", "data", "reason"), [
+    ("util.py", b"\xff\xfe# utf-16\n", "hooks/util.py is not UTF-8 text"),
+    ("util.py", b"x = 1\x00\n", "hooks/util.py is not text"),
+    ("big.py", b"#" * 100_001, "hooks/big.py is longer than the 100,000 characters"),
+    ("huge.py", b"#" * 400_001, "hooks/huge.py is longer than the 100,000 characters"),
+    ("ünï.py", b"x = 1\n", "no MLflow tag key can hold"),
+    ("a:b.py", b"x = 1\n", "no MLflow tag key can hold"),
+], ids=["not-utf8", "nul", "too-long", "far-too-long", "non-ascii-name", "colon-name"])
+def test_a_hook_a_tag_cannot_hold_keeps_no_hooks_and_says_why(name, data, reason, tmp_path):
+    (tmp_path / "hooks").mkdir()
+    (tmp_path / "hooks/load.py").write_text("def load(env=None):\n    pass\n", encoding="utf-8")
+    (tmp_path / "hooks" / name).write_bytes(data)
+    tags, problem = mlarchive.hook_tags(tmp_path)
+    assert tags == {} and reason in problem
+
+
+def test_a_hook_of_exactly_the_tag_limit_is_kept(tmp_path):
+    (tmp_path / "hooks").mkdir()
+    text = "é" * 100_000  # 100,000 characters in 200,000 bytes
+    (tmp_path / "hooks/load.py").write_bytes(text.encode("utf-8"))
+    assert mlarchive.hook_tags(tmp_path) == ({"mlsteam.hook.load.py": text}, None)
+
+
+@pytest.mark.parametrize("tags", [
+    {"mlsteam.hook.load.py": "def load(): pass\n"},
+    {"mlsteam.hook.load.py": "", "mlsteam.hook.predict.py": "", "mlsteam.hook.../x.py": ""},
+    {"mlsteam.hook.load.py": "", "mlsteam.hook.predict.py": "", "mlsteam.hook./etc/x": ""},
+], ids=["no-predict", "dot-dot", "absolute"])
+def test_edited_hook_tags_that_lack_a_hook_or_leave_hooks_are_not_written(tags, tmp_path):
+    from mlflow_archive_plugin.snapshot import ModelVersionInfo, Snapshot
+
+    member = Snapshot(model_dir=tmp_path, mlmodel={},
+                      model_version=ModelVersionInfo(version="1", tags=tags))
+    assert mlarchive.kept_hooks(member) == {}
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -41,6 +41,8 @@ LABEL_TAG_PREFIX = f"{TAG_PREFIX}label."
 # The plugin's own tags on an imported version (digest, source ids and times) describe the
 # import, not the model: as labels they would only be mangled (a digest cut to 63 characters).
 PLUGIN_TAG_PREFIX = "mlflow_archive."
+# Tags holding an MLSteam package's hook files, kept by an import of a hand-written package.
+HOOK_TAG_PREFIX = "mlsteam.hook."
 # What MLflow accepts in a tag key (letters, digits, "_-. :/", no "//", "./" or "/" at the end).
 _TAG_KEY_REFUSED = re.compile(r"[^\w.\- :/]")
 _TAG_KEY_MAX = 250
@@ -83,8 +85,8 @@ def _labels(tags: dict[str, str]) -> dict[str, str]:
     for key, value in tags.items():
         if key.startswith(LABEL_TAG_PREFIX):
             key = key.removeprefix(LABEL_TAG_PREFIX)
-        elif key.startswith((TAG_PREFIX, PLUGIN_TAG_PREFIX)):
-            continue
+        elif key.startswith((TAG_PREFIX, PLUGIN_TAG_PREFIX, HOOK_TAG_PREFIX)):
+            continue  # (an MLSteam hook's source is no label; it stays in mlflow_tags)
         labels[_label(key)] = _label(value)
     return labels
 

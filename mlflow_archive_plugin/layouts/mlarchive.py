@@ -6,8 +6,10 @@ An exported package is a zip holding ``manifest.json`` (first), the MLflow model
 document and checksums. Encrypted packages hold each model file as ``<file>.enc`` (see
 :mod:`mlflow_archive_plugin.crypto`). A package written by hand to the spec has no metadata
 document: an MLflow model under ``models/`` is registered with the manifest's fields as
-``mlsteam.*`` tags; anything else is kept whole as an archive-backed version. Hooks are
-parsed with ``ast`` to check they define their function, and never run or imported here.
+``mlsteam.*`` tags and its hook files as ``mlsteam.hook.<path>`` tags, which a later export
+writes back in place of the generated hooks; anything else is kept whole as an
+archive-backed version. Hooks are parsed with ``ast`` to check they define their function,
+and never run or imported here.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ CLEANUP_POLICIES = load_hook.CLEANUP_POLICIES
 DEFAULT_CLEANUP = "after-load"
 DEFAULT_CLEANUP_FILES = load_hook.DEFAULT_CLEANUP_FILES
 TAG_PREFIX = "mlsteam."
+# A hand-written package's hook file, by its path under hooks/, holding the file's text.
+HOOK_TAG_PREFIX = f"{TAG_PREFIX}hook."
 # The spec's name for an encrypted package.
 ENCRYPTED_STEM = "model-enc"
 OPTIONS = ("strict", "cleanup", "cleanup_files")
@@ -56,6 +60,11 @@ _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _REGISTRY_REFUSED = re.compile(r"[/:]+")
 _LOGGED_MODEL_REFUSED = re.compile(r"[/:.%\"']+")
 _TAG_VALUE_MAX = 5000
+# MLflow keeps a model version tag value of up to 100,000 characters and a key of up to 250.
+_HOOK_TAG_VALUE_MAX = 100_000
+_TAG_KEY_MAX = 250
+# What a tag key may hold on any MLflow server (one on Windows refuses ':').
+_HOOK_PATH = re.compile(r"^[A-Za-z0-9_.\- /]+$")
 # MLflow's column types as Python annotations; tensors are numpy arrays.
 _COLUMN_TYPES = {
     "boolean": "bool", "integer": "int", "long": "int", "float": "float", "double": "float",
@@ -273,6 +282,70 @@ def hook_problems(root: Path) -> list[str]:
     return problems
 
 
+# --------------------------------------------------------------------------- kept hooks
+
+
+def hook_tags(root: Path) -> tuple[dict[str, str], str | None]:
+    """Every file under ``hooks/`` as an ``mlsteam.hook.<path>`` tag holding its text, so that
+    an export writes the package's own hooks back; or no tags and why they cannot be kept (a
+    file that is not UTF-8 text, too long for a tag, or named as no tag key can be). The
+    files are only read, never run or imported."""
+    hooks = root / HOOKS_DIR
+    tags = {}
+    for path in sorted(path for path in hooks.rglob("*") if path.is_file()):
+        name = path.relative_to(hooks).as_posix()
+        where = f"{HOOKS_DIR}/{name}"
+        if not _keepable_hook_path(name):
+            return {}, (f"{where} has a name no MLflow tag key can hold (letters, digits and "
+                        "'_-. /' only)")
+        text, problem = _hook_text(path)
+        if problem:
+            return {}, f"{where} {problem}"
+        tags[HOOK_TAG_PREFIX + name] = text
+    return tags, None
+
+
+def _hook_text(path: Path) -> tuple[str, str | None]:
+    """A hook file's text, or why a tag cannot hold it."""
+    too_long = f"is longer than the {_HOOK_TAG_VALUE_MAX:,} characters an MLflow tag holds"
+    # UTF-8 spends at most 4 bytes on a character: a larger file cannot fit in a tag.
+    if path.stat().st_size > 4 * _HOOK_TAG_VALUE_MAX:
+        return "", too_long
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return "", "is not UTF-8 text"
+    if "\x00" in text:
+        return "", "is not text (it holds a NUL character)"
+    return text, too_long if len(text) > _HOOK_TAG_VALUE_MAX else None
+
+
+def kept_hooks(member: Snapshot) -> dict[str, bytes]:
+    """The hook files an imported hand-written package came with, by path under ``hooks/``;
+    empty when none were kept, or when the tags lack a hook the spec needs or name a path
+    outside ``hooks/`` (tags can be edited in the registry)."""
+    files = {key.removeprefix(HOOK_TAG_PREFIX): text.encode("utf-8")
+             for key, text in _tags(member).items() if key.startswith(HOOK_TAG_PREFIX)}
+    if not set(HOOK_FUNCTIONS) <= set(files) or not all(map(_keepable_hook_path, files)):
+        return {}
+    return files
+
+
+def _keepable_hook_path(name: str) -> bool:
+    """Whether a path under ``hooks/`` makes a tag key MLflow accepts and, read back from
+    one, names a file inside ``hooks/``."""
+    return (bool(_HOOK_PATH.match(name)) and len(HOOK_TAG_PREFIX + name) <= _TAG_KEY_MAX
+            and all(part not in ("", ".", "..") for part in name.split("/")))
+
+
+def _hooks_written(snapshot: Snapshot) -> dict[str, bytes]:
+    """The kept hooks an export writes instead of generated ones: a single model's, and not
+    when encrypting (the kept hooks cannot decrypt; the generated ``load.py`` does)."""
+    if snapshot.bundle or snapshot.encryption is not None:
+        return {}
+    return kept_hooks(snapshot)
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     """``manifest.json``, checked against the spec; any defect is a one-line error."""
     path = root / MANIFEST_NAME
@@ -347,13 +420,22 @@ class MlarchiveLayout(Layout):
         check_options(options)
 
     def warnings(self, snapshot: Snapshot, options: dict[str, Any] | None = None) -> list[str]:
-        return [
+        lines = [
             f"model {manifest_name(member)!r} is a {framework} model, not one of MLSteam's "
             f"frameworks ({', '.join(SPEC_FRAMEWORKS)}); manifest.json names it {framework!r} "
             "(pass --strict to refuse)"
             for member in snapshot.members
             if (framework := manifest_framework(member)) not in SPEC_FRAMEWORKS
         ]
+        if snapshot.bundle or snapshot.encryption is not None:
+            package = "several models" if snapshot.bundle else "encrypted model files"
+            lines.extend(
+                f"model {manifest_name(member)!r} kept the hooks of the package it was imported "
+                f"from, but a package of {package} gets the plugin's hooks; export it alone "
+                "and unencrypted to write its own"
+                for member in snapshot.members if kept_hooks(member)
+            )
+        return lines
 
     def seal(self, snapshot: Snapshot, key: bytes, workdir: Path) -> None:
         """Encrypt each model's files into ``workdir``, bound to their paths in the package."""
@@ -383,9 +465,14 @@ class MlarchiveLayout(Layout):
                 Entry(f"{member.model_path}/{path.relative_to(source).as_posix()}", source=path)
                 for path in model_files(source)
             )
-        entries.append(Entry(f"{HOOKS_DIR}/load.py",
-                             data=render_load_hook(snapshot, manifest, _hook_keys(members))))
-        entries.append(Entry(f"{HOOKS_DIR}/predict.py", source=Path(predict_hook.__file__)))
+        kept = _hooks_written(snapshot)
+        if kept:
+            entries.extend(Entry(f"{HOOKS_DIR}/{path}", data=data)
+                           for path, data in sorted(kept.items()))
+        else:
+            entries.append(Entry(f"{HOOKS_DIR}/load.py",
+                                 data=render_load_hook(snapshot, manifest, _hook_keys(members))))
+            entries.append(Entry(f"{HOOKS_DIR}/predict.py", source=Path(predict_hook.__file__)))
         snapshot.layout = self.name
         return entries
 
@@ -471,13 +558,18 @@ class MlarchiveLayout(Layout):
                 )
             pairs = [(entry, f"{MODELS_DIR}/{folder}")
                      for entry, folder in _pair(entries, folders)]
-        members = [self._spec_member(root, entry, path) for entry, path in pairs]
+        hooks, not_kept = hook_tags(root)
+        members = [self._spec_member(root, entry, path, hooks) for entry, path in pairs]
         primary = members[0]
         if len(members) > 1:
             primary.bundle = members
+        if not_kept:
+            primary.warnings.append(f"the package's hooks are not kept: {not_kept}; exported "
+                                    "again as mlarchive, it gets the plugin's hooks")
         return primary
 
-    def _spec_member(self, root: Path, entry: dict[str, Any], path: str) -> Snapshot:
+    def _spec_member(self, root: Path, entry: dict[str, Any], path: str,
+                     hooks: dict[str, str]) -> Snapshot:
         name, version = str(entry["name"]), str(entry["version"])
         tags = spec_tags(entry, root)
         description = entry.get("description") or (
@@ -487,7 +579,10 @@ class MlarchiveLayout(Layout):
             model_dir=root / path,
             mlmodel=_read_mlmodel(root / path / "MLmodel", path),
             registered_model=RegisteredModelInfo(name=registry_name(name)),
-            model_version=ModelVersionInfo(version=version, description=description, tags=tags),
+            model_version=ModelVersionInfo(version=version, description=description,
+                                           tags={**tags, **hooks}),
+            # A LoggedModel's tag holds 8,000 characters, a version's 100,000: only the
+            # version keeps the hooks.
             logged_model=LoggedModelInfo(model_id="", name=logged_model_name(name),
                                          tags=dict(tags)),
             layout=self.name,
@@ -630,5 +725,5 @@ def _json_bytes(document: dict[str, Any]) -> bytes:
     return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-__all__ = ["MlarchiveLayout", "annotation", "framework_of", "hook_problems", "manifest_problems",
-           "read_manifest", "signature_fields"]
+__all__ = ["MlarchiveLayout", "annotation", "framework_of", "hook_problems", "hook_tags",
+           "kept_hooks", "manifest_problems", "read_manifest", "signature_fields"]

@@ -31,6 +31,8 @@ from mlflow_archive_plugin.layouts.mlflow import MlflowLayout, model_files
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 
 MODEL_DIR = "model"
+# Tags holding an MLSteam package's hook files (layouts/mlarchive.py keeps them).
+HOOK_TAG_PREFIX = "mlsteam.hook."
 REQUIREMENTS_FILE = "requirements.txt"
 PREDICT_FILE = "predict.py"
 SIGNATURE_FILE = "signature.json"
@@ -685,6 +687,10 @@ def model_card(snapshot: Snapshot, signature: dict[str, Any]) -> str:
         ("logged model", logged.tags if logged else {}),
         ("run", run.tags if run else {}),
     ) for key, value in sorted(tags.items()) if not key.startswith("mlflow.")]
+    # An MLSteam package's kept hooks are whole source files: the card names them only.
+    tag_rows = [[where, key, f"({len(value)} characters of hook source)"]
+                if key.startswith(HOOK_TAG_PREFIX) else [where, key, value]
+                for where, key, value in tag_rows]
     lines += _table(["on", "tag", "value"], tag_rows) if tag_rows else ["None."]
     lines += ["", "## Parameters", ""]
     param_rows = _merged([("run", sorted((run.params if run else {}).items())),
