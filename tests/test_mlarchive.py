@@ -205,11 +205,21 @@ def second_model(server_a) -> str:
 
 
 @pytest.fixture(scope="module")
-def bundle(rich_model, second_model, workdir):
-    """The rich model and a second one in one package: (ExportResult, extracted folder)."""
+def first_model(server_a) -> str:
+    """The bundle's first model. Not the rich model: the bundle is imported into server_b
+    under its models' own names, and test_roundtrip expects the rich model's name there to
+    be free (its import to be version 1, with the aliases)."""
+    name = unique("mls-first")
+    register_iris_model(server_a.url, name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def bundle(first_model, second_model, rich_model, workdir):
+    """Two models in one package: (ExportResult, extracted folder)."""
     from mlflow_archive_plugin import export_model
 
-    result = export_model([rich_model.uri, f"models:/{second_model}/1"],
+    result = export_model([f"models:/{first_model}/1", f"models:/{second_model}/1"],
                           str(workdir / "bundle.mlarchive"), format="mlarchive",
                           tracking_uri=rich_model.url)
     return result, extract(result.location, workdir / "bundle-extracted")
@@ -300,13 +310,13 @@ def test_generated_hooks_predict_like_pyfunc_in_a_fresh_process(plain, rich_mode
 
 
 def test_bundle_hooks_load_every_model_and_predict_picks_one_by_name(
-    bundle, rich_model, second_model, tmp_path
+    bundle, first_model, rich_model, second_model, tmp_path
 ):
     _, root = bundle
     rows = rich_model.X.tolist()
     forms = [
         {"label": "first-by-default", "kind": "ndarray", "value": rows},
-        {"label": "rich", "kind": "raw", "value": {"model": rich_model.name, "inputs": rows}},
+        {"label": "rich", "kind": "raw", "value": {"model": first_model, "inputs": rows}},
         {"label": "second", "kind": "select-ndarray",
          "value": {"model": second_model, "inputs": rows}},
         {"label": "second-json", "kind": "json",
@@ -314,8 +324,8 @@ def test_bundle_hooks_load_every_model_and_predict_picks_one_by_name(
     ]
     (outcome,) = run_hooks([{"root": str(root), "inputs": forms}], tmp_path)
     assert "error" not in outcome, outcome
-    assert outcome["loaded"] == sorted([rich_model.name, second_model])
-    rich = rich_model.predictions.tolist()
+    assert outcome["loaded"] == sorted([first_model, second_model])
+    rich = load_and_predict(f"models:/{first_model}/1", rich_model.url, rich_model.X).tolist()
     second = load_and_predict(f"models:/{second_model}/1", rich_model.url, rich_model.X).tolist()
     assert outcome["predictions"] == {"first-by-default": rich, "rich": rich,
                                       "second": second, "second-json": second}
@@ -456,8 +466,8 @@ def test_round_trip_predicts_and_reimport_reuses_the_version(roundtrip, plain, r
     assert (again.version, again.reused) == (roundtrip.version, True)
 
 
-def test_bundle_import_registers_every_model_through_the_cli(bundle, rich_model, second_model,
-                                                             server_b, workdir):
+def test_bundle_import_registers_every_model_through_the_cli(bundle, first_model, rich_model,
+                                                             second_model, server_b, workdir):
     from conftest import cli
 
     result, _ = bundle
@@ -465,7 +475,7 @@ def test_bundle_import_registers_every_model_through_the_cli(bundle, rich_model,
     proc = cli("import", result.location, "--tracking-uri", server_b.url, "--json", cwd=workdir)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert [model["name"] for model in data["models"]] == [rich_model.name, second_model]
+    assert [model["name"] for model in data["models"]] == [first_model, second_model]
     assert registry_census(server_b.url)["model_versions"] == before["model_versions"] + 2
     for model in data["models"]:
         assert load_and_predict(model["model_uri"], server_b.url, rich_model.X).shape == (5,)
