@@ -414,6 +414,108 @@ def model_archiver_command(args):
     sys.exit(archiver_main(list(args), prog="mlflow-archive model-archiver"))
 
 
+_WORKERS_HELP = "Models handled at once (default: min(4, CPU count)); versions of one model " \
+    "go one after another."
+
+
+@cli.command("export-registry")
+@click.option("--model", "models", multiple=True, metavar="NAME",
+              help="A registered model to export, every version of it; repeatable.")
+@click.option("--all", "all_models", is_flag=True, help="Export every registered model.")
+@click.option("-o", "--output", "dest", required=True,
+              help="Folder or URL (s3://...) for the archives and registry-index.json.")
+@click.option("--workers", type=int, help=_WORKERS_HELP)
+@click.option("--format", "fmt", type=click.Choice(sorted(LAYOUTS)), default="mlflow",
+              show_default=True, help="Archive layout.")
+@click.option("--container", type=click.Choice(CONTAINER_NAMES),
+              help="How the files are packed (default: the format's own, zip for mlflow).")
+@click.option("--tracking-uri", help=_TRACKING_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no per-version lines.")
+@_storage_option
+def export_registry_command(models, all_models, dest, workers, fmt, container, tracking_uri,
+                            as_json, quiet, storage_options):
+    """Export every version of the chosen registered models into one folder, an archive each,
+    plus registry-index.json (written last, so an interrupted run leaves none). A re-run
+    exports only what is missing, damaged or changed."""
+    from mlflow_archive_plugin.bulk import export_registry
+
+    if bool(models) == all_models:
+        raise UnsupportedError("name the models to export with --model NAME (repeatable), or "
+                               "pass --all for every registered model, not both")
+    result = export_registry(dest, None if all_models else list(models), format=fmt,
+                             container=container, workers=workers, tracking_uri=tracking_uri,
+                             storage_options=storage_options, progress=_progress(quiet),
+                             on_version=_bulk_reporter(as_json, quiet))
+    counts = result.counts
+    _finish_bulk(as_json, result, [
+        f"export-registry: {_count(result.models, 'model')}, "
+        f"{_count(len(result.versions), 'version')} "
+        f"({counts.get('exported', 0)} exported, {counts.get('skipped', 0)} already there, "
+        f"{counts.get('failed', 0)} failed), {_human_size(result.bytes)} written in "
+        f"{result.seconds:.1f} s",
+        f"  index {result.index}",
+    ])
+
+
+@cli.command("import-registry")
+@click.argument("source")
+@click.option("--workers", type=int, help=_WORKERS_HELP)
+@click.option("--preserve-version-numbers", is_flag=True,
+              help="Give each version its source number where the target has not used it "
+                   "(placeholder versions fill gaps and are deleted); report the others.")
+@click.option("--tracking-uri", help=_TRACKING_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no per-version lines.")
+@_storage_option
+def import_registry_command(source, workers, preserve_version_numbers, tracking_uri, as_json,
+                            quiet, storage_options):
+    """Recreate what export-registry wrote at SOURCE (its folder or registry-index.json):
+    each model's versions in their original order, then its aliases. A re-run imports only
+    what the target does not hold yet."""
+    from mlflow_archive_plugin.bulk import import_registry
+
+    result = import_registry(source, workers=workers,
+                             preserve_version_numbers=preserve_version_numbers,
+                             tracking_uri=tracking_uri, storage_options=storage_options,
+                             progress=_progress(quiet), on_version=_bulk_reporter(as_json, quiet))
+    counts = result.counts
+    renumbered = ", ".join(f"{o.name} {o.version}->{o.target_version}"
+                           for o in result.renumbered)
+    _finish_bulk(as_json, result, [
+        f"import-registry: {_count(result.models, 'model')}, "
+        f"{_count(len(result.versions), 'version')} "
+        f"({counts.get('imported', 0)} imported, {counts.get('reused', 0)} already there, "
+        f"{counts.get('failed', 0)} failed, {counts.get('blocked', 0)} not tried), "
+        f"{_human_size(result.bytes)} read in {result.seconds:.1f} s",
+        *([f"  could not keep version numbers: {renumbered}"] if renumbered else []),
+    ])
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _bulk_reporter(as_json: bool, quiet: bool):
+    """Prints each version's line as it is done (above any progress bar), unless told not to."""
+    if as_json or quiet:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda outcome: tqdm.write(outcome.line())
+
+
+def _finish_bulk(as_json: bool, result, summary: list[str]) -> None:
+    """The summary (or the JSON), warnings, then every failure on one line each: exit 1."""
+    for line in result.warnings:
+        click.echo(f"warning: {line}", err=True)
+    _emit(as_json, result.to_dict(), summary)
+    for failure in result.failures:
+        click.echo(f"error: {failure.line()}", err=True)
+    if result.failures:
+        sys.exit(1)
+
+
 def _findings(pickles: list[dict[str, Any]]) -> list[PickleFinding]:
     return [PickleFinding(**finding) for finding in pickles]
 
