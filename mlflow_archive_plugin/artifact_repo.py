@@ -1,0 +1,702 @@
+"""``archive+<scheme>`` artifact repositories: MLflow reads, writes and stores models as archives.
+
+MLflow picks an artifact repository by the scheme of a URI; this one is registered for
+``archive+file``, ``archive+s3``, ``archive+gs``, ``archive+memory``, ``archive+ftp``,
+``archive+http`` and ``archive+https``. Without its ``archive+`` prefix the URI is an fsspec
+URL, reached through :mod:`mlflow_archive_plugin.location`. One class serves three uses:
+
+- **Reading an archive as a model.** A path that names an archive file (``x.zip``, ``x.mar``,
+  ``x.bentomodel`` ...) reads as the folder of the MLflow model inside it, once its checksums
+  are verified, so ``mlflow.pyfunc.load_model("archive+file:///abs/x.zip")`` works. MLflow
+  reaches it in two shapes: a repository rooted at the archive itself (``Model.load`` asks it
+  for ``MLmodel``), or one rooted at the archive's folder and asked for ``x.zip`` (how
+  ``_download_artifact_from_uri`` splits a URI). Both resolve the same way: the first path
+  component named like an archive that is a file is the archive.
+- **Writing an archive.** ``log_artifacts(model_dir)`` on a repository whose URI names a new
+  archive file writes it, in the layout its name asks for (native for ``.zip``, ``.tar.gz``
+  ...), with ``mlflow-archive.json`` and ``checksum.txt``, published atomically.
+- **A store.** Rooted at a folder (an experiment's artifact location), a model directory
+  logged with ``log_artifacts`` (a folder holding ``MLmodel``, what MLflow 3's ``log_model``
+  uploads) is kept as one archive object, ``.mlflow-archive.zip`` in the folder the model's
+  files belong to. Listing and downloading merge its files with the plain ones, so MLflow and
+  its UI see the files as logged. Files logged one at a time are stored as they come; a plain
+  file shadows a packed one of the same path, since it was logged later, and packing a model
+  again merges it with what was packed there before, so nothing logged becomes unreachable.
+
+Failures reach MLflow as one-line :class:`~mlflow.exceptions.MlflowException` errors.
+
+MLflow imports this module while ``import mlflow`` itself is still running (it registers
+entry points then), so only the MLflow modules already loaded by that point are imported at
+the top; the rest, and the plugin modules that need ``mlflow.MlflowClient``, inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+import threading
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow.entities.file_info import FileInfo
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+)
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
+
+from mlflow_archive_plugin.archive import write_archive
+from mlflow_archive_plugin.containers import CONTAINERS, get_container
+from mlflow_archive_plugin.errors import (
+    ArchiveError,
+    CorruptArchiveError,
+    DestinationExistsError,
+    IntegrityError,
+    SourceNotFoundError,
+    UnsupportedError,
+)
+from mlflow_archive_plugin.layouts import get_layout
+from mlflow_archive_plugin.location import Location, publish_file, remote_errors, resolve
+from mlflow_archive_plugin.materialize import is_archive_name, materialize
+from mlflow_archive_plugin.snapshot import Lineage, LoggedModelInfo, Snapshot
+
+_logger = logging.getLogger(__name__)
+
+PREFIX = "archive+"
+# Where a store keeps the model packed into a folder: hidden, so no listing shows it, and
+# inside that folder, so the folder exists (as a directory or an object prefix) once packed.
+PACKED_NAME = ".mlflow-archive.zip"
+# fsspec URLs take storage options; MLflow's users already set this for S3-compatible stores.
+S3_ENDPOINT_VARIABLE = "MLFLOW_S3_ENDPOINT_URL"
+# A JSON object of fsspec storage options for every archive+ URI (credentials, endpoints ...).
+STORAGE_OPTIONS_VARIABLE = "MLFLOW_ARCHIVE_STORAGE_OPTIONS"
+# Temporary names location.publish_file gives a file while it is written.
+_PARTIAL = re.compile(r"^\..+\.partial-[0-9a-f]{12}$")
+# Archive file names that choose a layout other than the native one.
+_LAYOUT_OF_EXTENSION = {".mar": "mar", ".bentomodel": "bentoml", ".mlarchive": "mlarchive"}
+MLMODEL = "MLmodel"
+
+
+class ArchiveArtifactRepository(ArtifactRepository):
+    """An MLflow artifact repository for ``archive+<fsspec URL>`` URIs (see the module)."""
+
+    def __init__(self, artifact_uri: str, tracking_uri: str | None = None,
+                 registry_uri: str | None = None) -> None:
+        super().__init__(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+        self._inner = inner_url(artifact_uri)
+        enforce_host_policy(self._inner)
+        with _mlflow_errors():
+            self._root = resolve(self._inner, storage_options(self._inner))
+        # Packed models read so far: (archive path, its fsspec ukey) -> extracted model folder.
+        self._models: dict[tuple[str, str], Path | None] = {}
+        self._lock = threading.RLock()
+        self._scratch: Path | None = None
+        # Where the root sits inside an archive: the archive's location and the path within.
+        self._archive: tuple[Location, str] | None = self._archive_of_root()
+
+    # ------------------------------------------------------------------ MLflow's interface
+
+    def log_artifact(self, local_file: str, artifact_path: str | None = None) -> None:
+        """Store one file as it comes (a packed model's file of the same path is shadowed)."""
+        relative = _join(_clean(artifact_path), os.path.basename(local_file))
+        with _mlflow_errors():
+            self._refuse_inside_archive(posixpath.dirname(relative), "add a file to")
+            self._put_plain(Path(local_file), relative)
+
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        """Write an archive (the URI names one), or store the folder: every model directory
+        in it (a folder holding ``MLmodel``) as one archive object, other files as they are."""
+        local = Path(local_dir)
+        relative = _clean(artifact_path)
+        with _mlflow_errors():
+            if not local.is_dir():
+                raise ArchiveError(f"{local_dir} is not a folder; log a folder of files")
+            if self._archive is not None:
+                if self._archive[1] or relative:
+                    self._refuse_inside_archive(relative, "add files to")
+                self._write_archive(local, self._archive[0])
+                return
+            if relative and is_archive_name(relative):
+                self._refuse_inside_archive(posixpath.dirname(relative), "add files to")
+                self._write_archive(local, self._at(self._full(relative)))
+                return
+            self._refuse_inside_archive(relative, "add files to")
+            self._store_folder(local, relative)
+
+    def list_artifacts(self, path: str | None = None) -> list[FileInfo]:
+        """The files and folders directly under ``path``; empty if ``path`` is a file."""
+        relative = _clean(path)
+        with _mlflow_errors():
+            self._forget_listings()
+            inside = self._inside_archive(relative)
+            if inside is not None:
+                model_dir, within, shown = inside
+                return _list_local(model_dir, within, shown)
+            return self._list_store(relative)
+
+    def _download_file(self, remote_file_path: str, local_path: str) -> None:
+        relative = _clean(remote_file_path)
+        with _mlflow_errors():
+            inside = self._inside_archive(relative)
+            if inside is not None and (inside[1] or self._archive is not None):
+                model_dir, within, _ = inside
+                _copy_out(model_dir, within, local_path, self._describe(relative))
+                return
+            if self._is_plain_file(relative):
+                with remote_errors(self._root, "read"):
+                    self._root.fs.get_file(self._full(relative), local_path)
+                return
+            for folder, model_dir in self._packed_above(relative):
+                within = _relative_to(relative, folder)
+                if (model_dir / within).is_file():
+                    shutil.copyfile(model_dir / within, local_path)
+                    return
+            raise SourceNotFoundError(f"{self._describe(relative)} does not exist")
+
+    def delete_artifacts(self, artifact_path: str | None = None) -> None:
+        """Delete a file or folder (packed models in it included) or a whole archive."""
+        relative = _clean(artifact_path)
+        with _mlflow_errors():
+            if self._archive is not None:
+                location, within = self._archive
+                if within or relative:
+                    raise UnsupportedError(f"{self._describe(relative)} is inside an archive, "
+                                           "which is only deleted whole; delete the archive")
+                self._remove(location.path, location)
+                return
+            full = self._full(relative)
+            if self._exists(full):
+                self._remove(full, self._root)
+            elif any(True for _ in self._packed_above(relative)):
+                raise UnsupportedError(
+                    f"{self._describe(relative)} is part of a model stored as one archive; "
+                    "delete the model's whole folder"
+                )
+
+    def get_local_path(self, artifact_path: str) -> str | None:
+        """The file itself when it is a plain local file (the tracking server then sends it
+        without a copy); ``None`` for anything read from an archive or a remote store."""
+        relative = _clean(artifact_path)
+        if self._archive is not None or not self._root.is_local:
+            return None
+        full = self._full(relative)
+        return full if os.path.isfile(full) and posixpath.basename(full) != PACKED_NAME else None
+
+    # ------------------------------------------------------------------ reading archives
+
+    def _archive_of_root(self) -> tuple[Location, str] | None:
+        """The archive the root is (or is in), and the path within it; None for a store.
+
+        A root whose own name is an archive name is an archive even before it exists, so
+        that ``log_artifacts`` can write it."""
+        path = self._root.path.rstrip("/")
+        parts = path.split("/")
+        for index, part in enumerate(parts):
+            if not is_archive_name(part) or part == PACKED_NAME:
+                continue
+            prefix = "/".join(parts[:index + 1])
+            last = index == len(parts) - 1
+            if self._is_file(prefix) or (last and not self._is_dir(prefix)):
+                return self._at(prefix), "/".join(parts[index + 1:])
+        return None
+
+    def _inside_archive(self, relative: str) -> tuple[Path, str, str] | None:
+        """For a path that reads from inside an archive: the extracted model folder, the
+        path within it, and the path as listings show it; None for a store path."""
+        if self._archive is not None:
+            location, within = self._archive
+            return self._model_of(location, required=True), _join(within, relative), relative
+        parts = relative.split("/") if relative else []
+        for index, part in enumerate(parts):
+            if not is_archive_name(part) or part == PACKED_NAME:
+                continue
+            prefix = "/".join(parts[:index + 1])
+            if self._is_file(self._full(prefix)):
+                model_dir = self._model_of(self._at(self._full(prefix)), required=False)
+                if model_dir is None:
+                    return None  # a plain file named like an archive, stored as it came
+                return model_dir, "/".join(parts[index + 1:]), relative
+            if not self._exists(self._full(prefix)) and index == len(parts) - 1:
+                raise SourceNotFoundError(f"{self._describe(prefix)} does not exist; check the "
+                                          "archive's path")
+        return None
+
+    def _model_of(self, location: Location, *, required: bool) -> Path | None:
+        """The model inside the archive at ``location``, extracted and verified once per
+        version of the archive. Without ``required``, a file that is no model archive
+        (plain data named ``.zip``, say, or one the safe reader refuses to extract) gives
+        None, and its bytes stay readable as a plain file; an archive whose checksums fail
+        is an error either way."""
+        with self._lock:
+            with remote_errors(location, "read"):
+                if not location.fs.exists(location.path):
+                    raise SourceNotFoundError(f"{_shown(location)} does not exist; check the "
+                                              "archive's path")
+                key = (location.path, str(location.fs.ukey(location.path)))
+            if key in self._models:
+                return self._models[key]
+            target = self._scratch_dir() / f"model-{len(self._models)}"
+            try:
+                model_dir: Path | None = materialize(location, target)
+            except IntegrityError:
+                raise  # it claims to be a model archive and fails its checksums
+            except ArchiveError as exc:
+                if required:
+                    raise
+                _logger.warning("%s is not a model archive (%s); it reads as a plain file",
+                                _shown(location), exc)
+                model_dir = None
+            self._models[key] = model_dir
+            return model_dir
+
+    def _scratch_dir(self) -> Path:
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="mlflow-archive-repo-"))
+            weakref.finalize(self, shutil.rmtree, str(self._scratch), True)
+        return self._scratch
+
+    # ------------------------------------------------------------------ the store
+
+    def _list_store(self, relative: str) -> list[FileInfo]:
+        found: dict[str, FileInfo] = {}
+        for folder, model_dir in reversed(list(self._packed_above(relative, include_self=True))):
+            within = _relative_to(relative, folder)
+            if (model_dir / within).is_dir():
+                for info in _list_local(model_dir, within, relative):
+                    found[info.path] = info
+        full = self._full(relative)
+        with remote_errors(self._root, "read"):
+            try:
+                entries = self._root.fs.ls(full, detail=True)
+            except (FileNotFoundError, NotADirectoryError):
+                entries = []
+        for entry in entries:
+            name = posixpath.basename(str(entry["name"]).rstrip("/"))
+            if name == PACKED_NAME or _PARTIAL.match(name) or not name:
+                continue
+            if str(entry["name"]).rstrip("/") == full.rstrip("/"):
+                return []  # ``relative`` is a file
+            is_dir = entry.get("type") == "directory"
+            path = _join(relative, name)
+            found[path] = FileInfo(path, is_dir, None if is_dir else int(entry.get("size") or 0))
+        return sorted(found.values(), key=lambda info: info.path)
+
+    def _packed_above(self, relative: str, include_self: bool = False
+                      ) -> Iterator[tuple[str, Path]]:
+        """(folder, extracted model) of each packed model whose folder holds ``relative``,
+        the deepest first."""
+        parts = relative.split("/") if relative else []
+        depth = len(parts) if include_self else len(parts) - 1
+        for index in range(depth, -1, -1):
+            folder = "/".join(parts[:index])
+            packed = self._at(self._full(_join(folder, PACKED_NAME)))
+            if self._is_file(packed.path):
+                model_dir = self._model_of(packed, required=True)
+                if model_dir is not None:
+                    yield folder, model_dir
+
+    def _store_folder(self, local: Path, relative: str) -> None:
+        """Pack each model directory under ``local`` (topmost ones), upload the rest."""
+        models = _model_dirs(local)
+        for model in models:
+            inside = model.relative_to(local).as_posix()
+            self._pack(model, _join(relative, "" if inside == "." else inside))
+        for path in sorted(local.rglob("*")):
+            if path.is_file() and not any(model in path.parents for model in models):
+                self._put_plain(path, _join(relative, path.relative_to(local).as_posix()))
+
+    def _pack(self, model: Path, folder: str) -> None:
+        """Store ``model`` as the archive object of ``folder``, merged with what a model
+        packed there before held, then drop plain files it now holds newer copies of."""
+        packed = self._at(self._full(_join(folder, PACKED_NAME)))
+        with tempfile.TemporaryDirectory(prefix="mlflow-archive-pack-") as scratch:
+            source = model
+            if self._is_file(packed.path):
+                source = Path(scratch, "merged")
+                shutil.copytree(self._model_of(packed, required=True), source)
+                shutil.copytree(model, source, dirs_exist_ok=True)
+            try:
+                _write(source, packed, force=True, name=_model_name(source))
+            except UnsupportedError as exc:
+                # A model whose file names cannot go into an archive is still logged.
+                _logger.warning("storing %s file by file: %s", self._describe(folder), exc)
+                for path in sorted(model.rglob("*")):
+                    if path.is_file():
+                        self._put_plain(path, _join(folder, path.relative_to(model).as_posix()))
+                return
+        self._models = {key: value for key, value in self._models.items()
+                        if key[0] != packed.path}
+        self._drop_shadowed(model, folder)
+
+    def _drop_shadowed(self, model: Path, folder: str) -> None:
+        full = self._full(folder)
+        with remote_errors(self._root, "write"):
+            try:
+                existing = set(self._root.fs.find(full))
+            except FileNotFoundError:
+                return
+            for path in sorted(model.rglob("*")):
+                if path.is_file():
+                    candidate = _join(full, path.relative_to(model).as_posix())
+                    if candidate in existing:
+                        self._root.fs.rm(candidate)
+
+    def _put_plain(self, local: Path, relative: str) -> None:
+        if not relative:
+            raise ArchiveError("give the file a name inside the store")
+        if posixpath.basename(relative) == PACKED_NAME:
+            raise UnsupportedError(f"{PACKED_NAME} is the name this store keeps packed models "
+                                   "under; rename the file")
+        target = self._at(self._full(relative))
+        with publish_file(target, force=True) as sink, local.open("rb") as source:
+            shutil.copyfileobj(source, sink, 1024 * 1024)
+
+    def _write_archive(self, local: Path, location: Location) -> None:
+        if not (local / MLMODEL).is_file():
+            raise UnsupportedError(
+                f"{local} holds no {MLMODEL} file, so it is no MLflow model; an archive holds "
+                "one model: log the model's own folder"
+            )
+        name = posixpath.basename(location.path)
+        if self._exists(location.path):
+            raise DestinationExistsError(
+                f"{_shown(location)} already exists, and an archive is never overwritten; "
+                "delete it first or log the model to a new archive name"
+            )
+        _write(local, location, force=False, name=_stem(name))
+        self._models.clear()
+
+    def _refuse_inside_archive(self, relative: str, action: str) -> None:
+        """Files cannot be added to an archive that exists: it is written whole, checksummed."""
+        if self._archive is not None:
+            raise UnsupportedError(
+                f"cannot {action} {self._describe(relative)}: the archive is written whole; "
+                "log a model folder to a new archive name instead"
+            )
+        parts = relative.split("/") if relative else []
+        for index, part in enumerate(parts):
+            prefix = "/".join(parts[:index + 1])
+            if is_archive_name(part) and self._is_file(self._full(prefix)):
+                raise UnsupportedError(
+                    f"cannot {action} {self._describe(relative)}: {part} is an archive, "
+                    "written whole; choose a path outside it"
+                )
+
+    # ------------------------------------------------------------------ file system helpers
+
+    def _full(self, relative: str) -> str:
+        return _join(self._root.path.rstrip("/"), relative) if relative else self._root.path
+
+    def _at(self, path: str) -> Location:
+        """``path`` on the root's file system, named in messages by its ``archive+`` URI."""
+        return Location(_url_for(self._root, path), self._root.fs, path, self._root.secrets)
+
+    def _is_plain_file(self, relative: str) -> bool:
+        return bool(relative) and self._is_file(self._full(relative))
+
+    def _is_file(self, path: str) -> bool:
+        with remote_errors(self._root, "reach"):
+            try:
+                return bool(self._root.fs.isfile(path))
+            except FileNotFoundError:
+                return False
+
+    def _is_dir(self, path: str) -> bool:
+        with remote_errors(self._root, "reach"):
+            try:
+                return bool(self._root.fs.isdir(path))
+            except FileNotFoundError:
+                return False
+
+    def _exists(self, path: str) -> bool:
+        with remote_errors(self._root, "reach"):
+            return bool(self._root.fs.exists(path))
+
+    def _remove(self, path: str, location: Location) -> None:
+        with remote_errors(location, "write"):
+            if location.fs.exists(path):
+                location.fs.rm(path, recursive=True)
+        self._models.clear()
+
+    def _forget_listings(self) -> None:
+        """Another process (a client, a server) may have written since: object stores'
+        cached listings would hide that."""
+        if not self._root.is_local:
+            self._root.fs.invalidate_cache()
+
+    def _describe(self, relative: str) -> str:
+        """The URI of ``relative`` as a user wrote it (MLflow turns ``x:///p`` into ``x:/p``)."""
+        uri = self.artifact_uri.rstrip("/")
+        scheme, _, rest = uri.partition(":")
+        if rest.startswith("/") and not rest.startswith("//"):
+            uri = f"{scheme}://{rest}"
+        return _join(uri, relative) if relative else uri
+
+
+# ---------------------------------------------------------------------- URIs and options
+
+
+def inner_url(artifact_uri: str) -> str:
+    """The fsspec URL an ``archive+`` URI wraps; MLflow's rewriting of ``x:///p`` to ``x:/p``
+    is undone, and ``archive+file`` gives a plain local path."""
+    if not artifact_uri.startswith(PREFIX):
+        raise MlflowException(
+            f"{artifact_uri!r} is not an archive+ URI; write archive+<fsspec URL>, e.g. "
+            "archive+file:///abs/model.zip or archive+s3://bucket/models",
+            INVALID_PARAMETER_VALUE,
+        )
+    inner = artifact_uri[len(PREFIX):]
+    scheme, sep, rest = inner.partition(":")
+    if not sep or not scheme or "/" in scheme:
+        raise MlflowException(f"{artifact_uri!r} names no scheme after archive+; write e.g. "
+                              "archive+file:///abs/model.zip", INVALID_PARAMETER_VALUE)
+    if scheme == "file":
+        path = rest[2:] if rest.startswith("//") else rest
+        if path.startswith("localhost/"):
+            path = path[len("localhost"):]
+        if not path.startswith("/"):
+            raise MlflowException(f"{artifact_uri!r} is not an absolute path; write "
+                                  "archive+file:///abs/path", INVALID_PARAMETER_VALUE)
+        return path
+    if rest.startswith("/") and not rest.startswith("//"):
+        rest = "//" + rest  # memory:/x -> memory:///x, as the file system expects
+    return f"{scheme}:{rest}"
+
+
+def enforce_host_policy(inner: str) -> None:
+    """MLflow's guard against a tracking server connecting to any host a client names
+    (GHSA-mr9f-g8qf-4w4j), applied to the wrapped URL: MLflow checks the scheme
+    ``archive+ftp``, which it does not know to address a host. Inside a server process an
+    ``ftp``/``http(s)`` inner URL must name the host of the server's own artifact root or
+    destination (``archive+`` prefixes removed), or its scheme be allowed by
+    ``MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES`` (as ``ftp`` or ``archive+ftp``)."""
+    from mlflow.environment_variables import MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES
+    from mlflow.store.artifact import host_policy
+
+    if not host_policy.is_tracking_server_process():
+        return
+    targets = host_policy.host_addressed_uri_targets(inner)
+    if targets is None:
+        return
+    scheme = inner.split(":", 1)[0].lower()
+    allowed = {name.lower() for name in MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES.get()}
+    if scheme in allowed or PREFIX + scheme in allowed:
+        return
+    trusted: set = set()
+    for variable in (host_policy._SERVER_ARTIFACT_ROOT_ENV_VAR,
+                     host_policy._SERVER_ARTIFACTS_DESTINATION_ENV_VAR):
+        configured = os.environ.get(variable, "")
+        if configured.startswith(PREFIX):
+            trusted |= host_policy.host_addressed_uri_targets(configured[len(PREFIX):]) or set()
+    if not targets & trusted:
+        from mlflow_archive_plugin.tracking import redact_uri
+
+        raise MlflowException(
+            host_policy.host_addressed_rejection_message(PREFIX + scheme,
+                                                         uri=redact_uri(PREFIX + inner)),
+            INVALID_PARAMETER_VALUE,
+        )
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """fsspec storage options for ``url``: ``MLFLOW_ARCHIVE_STORAGE_OPTIONS`` (a JSON
+    object), and for S3 MLflow's own ``MLFLOW_S3_ENDPOINT_URL``."""
+    options: dict[str, Any] = {}
+    raw = os.environ.get(STORAGE_OPTIONS_VARIABLE)
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise MlflowException(f"{STORAGE_OPTIONS_VARIABLE} is not valid JSON ({exc}); set "
+                                  'it to an object such as {"anon": false}',
+                                  INVALID_PARAMETER_VALUE) from exc
+        if not isinstance(parsed, dict):
+            raise MlflowException(f"{STORAGE_OPTIONS_VARIABLE} must be a JSON object",
+                                  INVALID_PARAMETER_VALUE)
+        options.update(parsed)
+    if url.startswith(("s3://", "s3a://")) and os.environ.get(S3_ENDPOINT_VARIABLE):
+        options.setdefault("endpoint_url", os.environ[S3_ENDPOINT_VARIABLE])
+    return options
+
+
+@contextlib.contextmanager
+def _mlflow_errors() -> Iterator[None]:
+    """Turn the plugin's one-line errors into MLflow's own error type, with a code MLflow maps
+    to a status (not found, already exists, bad input)."""
+    try:
+        yield
+    except MlflowException:
+        raise
+    except SourceNotFoundError as exc:
+        raise MlflowException(str(exc), RESOURCE_DOES_NOT_EXIST) from exc
+    except DestinationExistsError as exc:
+        raise MlflowException(str(exc), RESOURCE_ALREADY_EXISTS) from exc
+    except ArchiveError as exc:
+        raise MlflowException(str(exc), INVALID_PARAMETER_VALUE) from exc
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        raise MlflowException(f"{exc.strerror or exc}{where}") from exc
+
+
+# ---------------------------------------------------------------------- writing archives
+
+
+def _write(model_dir: Path, location: Location, *, force: bool, name: str) -> None:
+    """Write the model folder as an archive at ``location``, in the layout its name asks for."""
+    file_name = posixpath.basename(location.path)
+    layout = get_layout(next((layout for ext, layout in _LAYOUT_OF_EXTENSION.items()
+                              if file_name.endswith(ext)), "mlflow"))
+    container = get_container(_container_of(file_name, layout.default_container))
+    if container.name not in layout.containers:
+        suggested = _stem(file_name) + layout.extension(CONTAINERS[layout.default_container])
+        raise UnsupportedError(f"a {layout.name} archive cannot be a {container.name} file; "
+                               f"name it {suggested}")
+    write_archive(snapshot_of_folder(model_dir, location.url, name=name), layout, container,
+                  location, force=force, show_progress=False)
+
+
+def _container_of(file_name: str, default: str) -> str:
+    if file_name.endswith(".tgz"):
+        return "tar.gz"
+    for container in sorted(CONTAINERS.values(), key=lambda c: -len(c.extension)):
+        if container.extension and file_name.endswith(container.extension):
+            return container.name
+    return default
+
+
+def snapshot_of_folder(model_dir: Path, destination: str, *, name: str) -> Snapshot:
+    """A snapshot of a plain local MLflow model folder: no registry entry or run to read, so
+    the metadata holds the MLmodel, the LoggedModel and run ids it names, and lineage."""
+    try:
+        mlmodel = yaml.safe_load((model_dir / MLMODEL).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CorruptArchiveError(f"{model_dir / MLMODEL} is not readable YAML ({exc})") from exc
+    if not isinstance(mlmodel, dict):
+        raise CorruptArchiveError(f"{model_dir / MLMODEL} is not a YAML mapping")
+    import mlflow
+
+    from mlflow_archive_plugin import __version__
+    from mlflow_archive_plugin.tracking import redact_uri
+
+    return Snapshot(
+        model_dir=model_dir,
+        mlmodel=mlmodel,
+        lineage=Lineage(
+            artifact_uri=redact_uri(destination),
+            exported_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            plugin_version=__version__,
+            mlflow_version=mlflow.__version__,
+        ),
+        logged_model=LoggedModelInfo(
+            model_id=str(mlmodel.get("model_id") or ""),
+            name=name,
+            source_run_id=str(mlmodel["run_id"]) if mlmodel.get("run_id") else None,
+        ),
+    )
+
+
+def _model_dirs(local: Path) -> list[Path]:
+    """The topmost folders under ``local`` (itself included) that hold an MLmodel file."""
+    found: list[Path] = []
+    for mlmodel in sorted(local.rglob(MLMODEL), key=lambda p: len(p.parts)):
+        folder = mlmodel.parent
+        if mlmodel.is_file() and not any(model == folder or model in folder.parents
+                                         for model in found):
+            found.append(folder)
+    return found
+
+
+def _model_name(model_dir: Path) -> str:
+    try:
+        mlmodel = yaml.safe_load((model_dir / MLMODEL).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "model"
+    if not isinstance(mlmodel, dict):
+        return "model"
+    return str(mlmodel.get("name") or mlmodel.get("artifact_path") or "model")
+
+
+# ---------------------------------------------------------------------- small helpers
+
+
+def _clean(path: str | None) -> str:
+    """A relative artifact path in POSIX form; ``..`` and absolute paths are refused."""
+    if not path:
+        return ""
+    text = str(path).replace("\\", "/").strip("/")
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    if any(part == ".." for part in parts):
+        raise MlflowException(f"artifact path {path!r} leaves the repository; use a path "
+                              "inside it", INVALID_PARAMETER_VALUE)
+    return "/".join(parts)
+
+
+def _join(head: str, tail: str) -> str:
+    if not head:
+        return tail
+    if not tail:
+        return head
+    return f"{head.rstrip('/')}/{tail}"
+
+
+def _relative_to(path: str, folder: str) -> str:
+    return path[len(folder):].lstrip("/") if folder else path
+
+
+def _stem(file_name: str) -> str:
+    lowered = file_name.lower()
+    for extension in sorted({*(c.extension for c in CONTAINERS.values() if c.extension), ".tgz",
+                             *_LAYOUT_OF_EXTENSION}, key=len, reverse=True):
+        if extension and lowered.endswith(extension):
+            return file_name[:-len(extension)] or "model"
+    return file_name or "model"
+
+
+def _url_for(root: Location, path: str) -> str:
+    """The ``archive+`` URI of ``path`` (under the root, or one of its parents) as messages
+    show it: built from the root's URL, since some file systems' paths omit the host."""
+    base, url = root.path.rstrip("/"), root.url.rstrip("/")
+    if path.startswith(base):
+        shown = url + path[len(base):]
+    elif base.startswith(path) and url.endswith(base[len(path):]):
+        shown = url[:len(url) - len(base) + len(path)]
+    else:
+        shown = path
+    return PREFIX + ("file://" if root.is_local else "") + shown
+
+
+def _shown(location: Location) -> str:
+    """How messages name a location: its ``archive+`` URI where the repository built it."""
+    return location.url
+
+
+def _list_local(model_dir: Path, within: str, shown: str) -> list[FileInfo]:
+    """FileInfos of ``model_dir/within``'s children, with paths under ``shown``."""
+    folder = model_dir / within if within else model_dir
+    if not folder.is_dir():
+        return []  # a file, or nothing: MLflow's contract lists neither
+    infos = []
+    for child in sorted(folder.iterdir(), key=lambda p: p.name):
+        is_dir = child.is_dir()
+        infos.append(FileInfo(_join(shown, child.name), is_dir,
+                              None if is_dir else child.stat().st_size))
+    return infos
+
+
+def _copy_out(model_dir: Path, within: str, local_path: str, shown: str) -> None:
+    source = model_dir / within
+    if not within or not source.is_file():
+        raise SourceNotFoundError(f"{shown} does not exist in the archive")
+    shutil.copyfile(source, local_path)

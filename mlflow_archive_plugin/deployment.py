@@ -1,0 +1,682 @@
+"""The ``archive`` deployments target: ``mlflow deployments ... -t archive[:/<store>]``.
+
+A deployment is an archive kept in a *store* (a local folder or any writable fsspec URL),
+next to a small record of what it is::
+
+    <store>/<name>/deployment.json           format, container, digest, size, source, times
+    <store>/<name>/<revision>/<archive file>  the archive itself
+
+Each create or update writes the archive under a fresh revision folder and only then
+replaces the record (one atomic rename or object upload), so a reader always sees a complete
+archive: the old one until the new one is finished, never a half-written one. ``predict``
+and ``run-local`` read the archive through the plugin's verifying reader, so what is served
+is what its checksums say, and ``predict`` also checks the file against the record.
+
+MLflow finds this module through the ``mlflow.deployments`` entry point named ``archive``
+and calls :func:`target_help`, :func:`run_local` and :class:`ArchiveDeploymentClient`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+)
+
+from mlflow_archive_plugin.containers import CONTAINERS
+from mlflow_archive_plugin.errors import ArchiveError
+from mlflow_archive_plugin.layouts import LAYOUTS
+from mlflow_archive_plugin.location import Location, fetched, remote_errors, resolve
+
+TARGET_NAME = "archive"
+DEFAULT_STORE = "mlflow-archive-deployments"
+RECORD_NAME = "deployment.json"
+RECORD_SCHEMA = 1
+# Every deployment is served and predicted through pyfunc, whatever the archive's layout.
+FLAVOR = "python_function"
+DEFAULT_FORMAT = "mlflow"
+DEFAULT_PORT = 5000
+DEFAULT_HOST = "127.0.0.1"
+
+ARCHIVE_KEYS = ("format", "container", "sign_key")
+SERVE_KEYS = ("port", "host")
+
+# A name becomes a folder of the store, locally and in object stores alike.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_HASH_BLOCK = 1024 * 1024
+
+
+class DeploymentError(MlflowException, click.ClickException):
+    """A deployments call that cannot be done, in one line that says what to do instead.
+
+    It is an :class:`~mlflow.exceptions.MlflowException` for callers of the Python API (with
+    MLflow's error codes), and a click exception too, so ``mlflow deployments`` prints it as
+    ``Error: <message>`` and exits 1 instead of showing a traceback.
+    """
+
+    def __init__(self, message: str, error_code: int = INVALID_PARAMETER_VALUE) -> None:
+        super().__init__(message, error_code=error_code)
+
+
+@contextlib.contextmanager
+def _as_deployment_error(what: str | None) -> Iterator[None]:
+    """Turn the plugin's and MLflow's own failures inside the block into one
+    :class:`DeploymentError` line, starting with ``what`` when given."""
+    prefix = f"{what}: " if what else ""
+    try:
+        yield
+    except DeploymentError:
+        raise
+    except ArchiveError as exc:
+        raise DeploymentError(prefix + _first_line(str(exc))) from exc
+    except MlflowException as exc:
+        raise DeploymentError(prefix + _first_line(exc.message),
+                              _error_number(exc.get_error_code())) from exc
+
+
+def _reported(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A client verb whose failures on the way (an unreachable store, a refused write) are
+    reported as a :class:`DeploymentError`, which is what MLflow expects of a plugin; the
+    messages already name the location."""
+    @functools.wraps(method)
+    def verb(self, *args, **kwargs):
+        with _as_deployment_error(None):
+            return method(self, *args, **kwargs)
+
+    return verb
+
+
+def target_help() -> str:
+    """What ``mlflow deployments help -t archive`` prints: the URI forms and every -C key."""
+    formats = ", ".join(LAYOUTS)
+    containers = "\n".join(
+        f"                       {name:10} {', '.join(layout.containers)}"
+        for name, layout in LAYOUTS.items()
+    )
+    return f"""\
+Target "archive": deploy a model by writing it as a verified archive into a store.
+
+Target URI
+  archive                  the store ./{DEFAULT_STORE} in the working directory
+  archive:/<path>          a local folder, e.g. archive:/srv/models
+  archive:<relative path>  a folder relative to the working directory
+  archive:/<fsspec URL>    any writable fsspec URL, e.g. archive:/s3://bucket/deployments
+                           (credentials and endpoint as the file system reads them from the
+                           environment; for s3://, MLFLOW_S3_ENDPOINT_URL is honoured)
+
+Each deployment NAME is kept as <store>/NAME/deployment.json (format, container, file,
+digest, sha256, size, source model URI, created/updated times) beside the archive in a
+revision folder. Names: letters, digits, '.', '_' and '-', starting with a letter or digit.
+
+Config (-C KEY=VALUE) for create, update and run-local
+  format=FORMAT      archive layout: {formats} (default: {DEFAULT_FORMAT})
+  container=NAME     how the files are packed (default: the format's own, but zip where
+                     that would be a folder); each format allows:
+{containers}
+  sign_key=PATH      PEM elliptic-curve private key: sign the model files (OpenSSF
+                     model-signing); the signature travels in the archive as model.sig
+Config for run-local only
+  port=N             port of the scoring server (default: {DEFAULT_PORT})
+  host=ADDRESS       interface to listen on (default: {DEFAULT_HOST})
+
+Commands
+  create    export -m MODEL_URI as an archive into the store; refuses an existing NAME
+  update    re-export with a new -m MODEL_URI and/or -C keys merged into the old ones
+            (-C key= with no value drops a key); without -m the deployment's own source
+            URI is exported again (an alias such as models:/iris@champion moves with it).
+            The old archive stays in place until the new one is complete.
+  get       location, format, container, digest, sha256, size, source, times
+  list      every deployment in the store
+  delete    remove the record, then the archive; deleting a missing NAME only warns
+  predict   download and verify the archive, load it with mlflow.pyfunc and predict
+  run-local export -m MODEL_URI to a temporary archive (same -C keys), verify it and serve
+            it with MLflow's scoring server (POST /invocations), like `mlflow models serve
+            --env-manager local`; stop it with Ctrl+C
+  explain   not supported
+
+Only --flavor python_function (or no --flavor) is accepted: every archive is loaded and
+served through pyfunc. --endpoint is not supported.
+
+Example
+  mlflow deployments create -t archive:/srv/models --name iris -m models:/iris/1 \\
+      -C format=mar
+  mlflow deployments predict -t archive:/srv/models --name iris -I input.json
+"""
+
+
+def run_local(name: str, model_uri: str, flavor: str | None = None,
+              config: dict[str, str] | None = None) -> None:
+    """Serve ``model_uri`` locally as the archive a deployment would hold, until stopped.
+
+    MLflow calls this without the target URI (``plugin.run_local(name, model_uri, flavor,
+    config)``), so no store is involved: the model is exported to a temporary archive with
+    the same ``format``/``container``/``sign_key`` keys as ``create``, read back through the
+    verifying reader, and served by MLflow's scoring server with the local environment.
+    """
+    from mlflow.models.flavor_backend_registry import get_flavor_backend
+
+    from mlflow_archive_plugin.api import export_model
+    from mlflow_archive_plugin.materialize import materialize
+
+    _check_name(name)
+    _check_flavor(flavor)
+    settings = _checked_values(_checked_config(config, allowed=ARCHIVE_KEYS + SERVE_KEYS))
+    port = _port(settings.get("port", str(DEFAULT_PORT)))
+    host = settings.get("host") or DEFAULT_HOST
+    with tempfile.TemporaryDirectory(prefix="mlflow-archive-run-local-") as scratch, \
+            _stopped_by_sigterm():
+        with _as_deployment_error(f"cannot run {name!r} locally"):
+            result = export_model(model_uri, os.path.join(scratch, "archive", ""), progress=False,
+                                  **_export_options(settings))
+            model_dir = materialize(result.location, Path(scratch, "model"))
+        click.echo(f"Serving {model_uri} as {Path(result.location).name} ({result.format}, "
+                   f"digest {result.digest}) on http://{host}:{port}/invocations; "
+                   "press Ctrl+C to stop", err=True)
+        _put_interpreter_on_path()
+        # The model is local already; MLflow's copy of it needs no progress bar.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        backend = get_flavor_backend(str(model_dir), env_manager="local", workers=1,
+                                     install_mlflow=False)
+        server = backend.serve(model_uri=str(model_dir), port=port, host=host, timeout=None,
+                               synchronous=False)
+        try:
+            code = server.wait()
+        finally:
+            if server.poll() is None:
+                server.terminate()
+                server.wait()
+        if code not in (0, -signal.SIGTERM):
+            raise DeploymentError(f"the scoring server for {name!r} exited with code {code}; "
+                                  "see its output above")
+
+
+class ArchiveDeploymentClient(BaseDeploymentClient):
+    """Deployments kept as archives in one store (see the module docstring)."""
+
+    def __init__(self, target_uri: str) -> None:
+        super().__init__(target_uri)
+        store = _store_url(target_uri)
+        self.storage_options = _storage_options(store)
+        with _as_deployment_error(f"cannot use the store of {target_uri!r}"):
+            self.store: Location = resolve(store, self.storage_options)
+        # name -> (sha256 or digest of the archive, loaded pyfunc model, its folder)
+        self._loaded: dict[str, tuple[str, Any, tempfile.TemporaryDirectory]] = {}
+
+    # ------------------------------------------------------------------ MLflow's verbs
+
+    @_reported
+    def create_deployment(self, name: str, model_uri: str, flavor: str | None = None,
+                          config: dict[str, str] | None = None,
+                          endpoint: str | None = None) -> dict[str, Any]:
+        """Export ``model_uri`` into the store as deployment ``name``; an existing name is
+        refused (use update). Returns the deployment's record."""
+        _check_name(name)
+        _check_flavor(flavor)
+        _check_endpoint(endpoint)
+        settings = _checked_values(_checked_config(config, allowed=ARCHIVE_KEYS))
+        if self._read_record(name) is not None:
+            raise DeploymentError(
+                f"deployment {name!r} already exists in {self.store.url}; update it with "
+                "`mlflow deployments update` or choose another name",
+                RESOURCE_ALREADY_EXISTS,
+            )
+        now = _now()
+        record = self._publish(name, model_uri, settings, revision=1, created=now, updated=now)
+        try:
+            self._write_record(name, record, replace=False)
+        except BaseException:
+            self._remove(self._folder(name).child(record["revision_dir"]))
+            raise
+        return _described(record)
+
+    @_reported
+    def update_deployment(self, name: str, model_uri: str | None = None,
+                          flavor: str | None = None, config: dict[str, str] | None = None,
+                          endpoint: str | None = None) -> dict[str, Any]:
+        """Re-export deployment ``name`` from ``model_uri`` (default: its own source URI)
+        with ``config`` merged into its settings; the previous archive is removed only once
+        the new one and its record are in place."""
+        _check_flavor(flavor)
+        _check_endpoint(endpoint)
+        old = self._existing_record(name)
+        settings = dict(old.get("config") or {})
+        for key, value in _checked_config(config, allowed=ARCHIVE_KEYS).items():
+            if value:
+                settings[key] = value
+            else:
+                settings.pop(key, None)
+        _checked_values(settings)
+        record = self._publish(name, model_uri or old["source"], settings,
+                               revision=int(old.get("revision", 0)) + 1,
+                               created=old.get("created") or _now(), updated=_now())
+        try:
+            self._write_record(name, record, replace=True)
+        except BaseException:
+            self._remove(self._folder(name).child(record["revision_dir"]))
+            raise
+        if old.get("revision_dir") and old["revision_dir"] != record["revision_dir"]:
+            self._remove(self._folder(name).child(old["revision_dir"]), best_effort=True)
+        self._loaded.pop(name, None)
+        return _described(record)
+
+    @_reported
+    def delete_deployment(self, name: str, config: dict[str, str] | None = None,
+                          endpoint: str | None = None) -> None:
+        """Remove deployment ``name``: its record first (so it disappears at once), then its
+        folder. Deleting a name that is not there only warns, as MLflow asks deletion to be
+        safe to retry."""
+        _check_name(name)
+        _check_endpoint(endpoint)
+        _checked_config(config, allowed=())
+        folder = self._folder(name)
+        record = self._read_record(name)
+        if record is None and not self._exists(folder):
+            click.echo(f"warning: no deployment {name!r} in {self.store.url}; nothing to delete",
+                       err=True)
+            return
+        if record is not None:
+            self._remove(folder.child(RECORD_NAME))
+        self._remove(folder)
+        self._loaded.pop(name, None)
+
+    @_reported
+    def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+        """Every deployment in the store, sorted by name, each as :meth:`get_deployment`
+        describes it."""
+        _check_endpoint(endpoint)
+        with remote_errors(self.store, "read"):
+            with contextlib.suppress(Exception):
+                self.store.fs.invalidate_cache(self.store.path)
+            try:
+                entries = self.store.fs.ls(self.store.path, detail=False)
+            except FileNotFoundError:
+                return []
+        names = sorted({str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries})
+        records = [self._read_record(name) for name in names if _NAME.fullmatch(name)]
+        return [_described(record) for record in records if record is not None]
+
+    @_reported
+    def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
+        """Where deployment ``name``'s archive is and what it holds: location, format,
+        container, digest, sha256, size, source model URI, revision and times."""
+        _check_endpoint(endpoint)
+        return _described(self._existing_record(name))
+
+    @_reported
+    def predict(self, deployment_name: str | None = None, inputs: Any = None,
+                endpoint: str | None = None) -> PredictionsResponse:
+        """Predict ``inputs`` with the deployment's archive, loaded locally through pyfunc.
+
+        The archive is checked against its record and its own checksums before it is
+        loaded; the loaded model is kept for further calls until the record changes."""
+        _check_endpoint(endpoint)
+        if deployment_name is None:
+            raise DeploymentError("give the deployment to predict with (--name)")
+        record = self._existing_record(deployment_name)
+        identity = str(record.get("sha256") or record.get("digest"))
+        cached = self._loaded.get(deployment_name)
+        if cached is None or cached[0] != identity:
+            self._loaded[deployment_name] = (identity, *self._load(record))
+        model = self._loaded[deployment_name][1]
+        try:
+            raw = model.predict(inputs)
+        except MlflowException as exc:
+            raise DeploymentError(f"deployment {deployment_name!r} cannot predict these "
+                                  f"inputs: {_first_line(exc.message)}") from exc
+        return PredictionsResponse(_jsonable({"predictions": raw}))
+
+    def explain(self, deployment_name: str | None = None, df: Any = None,
+                endpoint: str | None = None) -> Any:
+        """Not offered: an archive carries no explainer."""
+        raise DeploymentError("the archive target does not explain predictions; load the "
+                              "model with mlflow.pyfunc and use an explainer such as SHAP")
+
+    # ------------------------------------------------------------------ the store
+
+    def _folder(self, name: str) -> Location:
+        return self.store.child(name)
+
+    def _publish(self, name: str, model_uri: str, settings: dict[str, str], *, revision: int,
+                 created: str, updated: str) -> dict[str, Any]:
+        """Export ``model_uri`` into a fresh revision folder of ``name``; the record to keep.
+
+        A failed export leaves nothing behind: the archive appears only when complete, and
+        the revision folder (which only this call uses) is removed."""
+        from mlflow_archive_plugin.api import export_model
+
+        revision_dir = f"r{revision}-{uuid.uuid4().hex[:8]}"
+        target = self._folder(name).child(revision_dir)
+        folder_url = target.url.rstrip("/") + ("/" if not target.is_local else os.sep)
+        try:
+            with _as_deployment_error(f"cannot deploy {model_uri} as {name!r}"):
+                result = export_model(model_uri, folder_url, progress=False,
+                                      storage_options=self.storage_options,
+                                      **_export_options(settings))
+        except BaseException:
+            self._remove(target, best_effort=True)
+            with contextlib.suppress(Exception):
+                if self._read_record(name) is None:
+                    self._remove(self._folder(name), best_effort=True)
+            raise
+        return {
+            "schema_version": RECORD_SCHEMA,
+            "name": name,
+            "flavor": FLAVOR,
+            "format": result.format,
+            "container": result.container,
+            "location": result.location,
+            "file": Path(result.location).name,
+            "revision": revision,
+            "revision_dir": revision_dir,
+            "digest": result.digest,
+            "sha256": result.sha256,
+            "size": result.size,
+            "source": model_uri,
+            "model_name": result.model_name,
+            "model_version": result.model_version,
+            "config": dict(settings),
+            "warnings": list(result.warnings),
+            "created": created,
+            "updated": updated,
+        }
+
+    def _record_location(self, name: str) -> Location:
+        return self._folder(name).child(RECORD_NAME)
+
+    def _read_record(self, name: str) -> dict[str, Any] | None:
+        where = self._record_location(name)
+        with remote_errors(where, "read"):
+            try:
+                raw = where.fs.cat_file(where.path)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or record.get("name") != name:
+            raise DeploymentError(f"the record {where.url} is damaged; delete deployment "
+                                  f"{name!r} and create it again")
+        return record
+
+    def _existing_record(self, name: str) -> dict[str, Any]:
+        _check_name(name)
+        record = self._read_record(name)
+        if record is None:
+            raise DeploymentError(
+                f"no deployment {name!r} in {self.store.url}; see `mlflow deployments list "
+                f"-t {self.target_uri}` for the names there",
+                RESOURCE_DOES_NOT_EXIST,
+            )
+        return record
+
+    def _write_record(self, name: str, record: dict[str, Any], *, replace: bool) -> None:
+        """Write the record in one step: a rename over the old one locally, a single upload
+        (which object stores make visible only when complete) elsewhere."""
+        from mlflow_archive_plugin.location import publish_file
+
+        where = self._record_location(name)
+        data = (json.dumps(record, indent=2) + "\n").encode()
+        if not replace and self._exists(where):
+            raise DeploymentError(f"deployment {name!r} was created meanwhile in "
+                                  f"{self.store.url}; update it instead",
+                                  RESOURCE_ALREADY_EXISTS)
+        if where.is_local:
+            tmp = Path(where.path).with_name(f".{RECORD_NAME}.partial-{uuid.uuid4().hex[:12]}")
+            try:
+                with open(tmp, "xb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, where.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return
+        with (_as_deployment_error(f"cannot write the record of {name!r}"),
+              publish_file(where, force=True) as handle):
+            handle.write(data)
+
+    def _exists(self, where: Location) -> bool:
+        with remote_errors(where, "reach"):
+            with contextlib.suppress(Exception):
+                where.fs.invalidate_cache(where.path)
+            return bool(where.fs.exists(where.path))
+
+    def _remove(self, where: Location, *, best_effort: bool = False) -> None:
+        try:
+            with remote_errors(where, "write"):
+                if where.fs.exists(where.path):
+                    where.fs.rm(where.path, recursive=True)
+        except ArchiveError as exc:
+            if not best_effort:
+                raise DeploymentError(str(exc)) from exc
+            click.echo(f"warning: {exc}", err=True)
+
+    def _load(self, record: dict[str, Any]) -> tuple[Any, tempfile.TemporaryDirectory]:
+        """The record's archive, checked against its sha256, verified and loaded by pyfunc."""
+        import mlflow.pyfunc
+
+        from mlflow_archive_plugin.materialize import materialize
+
+        name = record["name"]
+        folder = tempfile.TemporaryDirectory(prefix="mlflow-archive-deployment-")
+        try:
+            with _as_deployment_error(f"cannot load deployment {name!r}"):
+                source = resolve(record["location"], self.storage_options)
+                with fetched(source) as local:
+                    expected = record.get("sha256")
+                    if expected and _sha256(Path(local.path)) != expected:
+                        raise DeploymentError(
+                            f"the archive {record['location']} no longer matches deployment "
+                            f"{name!r} (sha256 differs); update or re-create the deployment"
+                        )
+                    model_dir = materialize(local.path, Path(folder.name, "model"))
+            try:
+                model = mlflow.pyfunc.load_model(str(model_dir))
+            except MlflowException as exc:
+                raise DeploymentError(f"deployment {name!r} cannot be loaded by pyfunc: "
+                                      f"{_first_line(exc.message)}") from exc
+        except BaseException:
+            folder.cleanup()
+            raise
+        return model, folder
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _store_url(target_uri: str) -> str:
+    """The store a target URI names: ``archive`` -> the default folder in the working
+    directory, ``archive:/path`` -> /path, ``archive:rel`` -> rel, ``archive:/s3://b/p`` ->
+    s3://b/p (MLflow may also hand over ``archive:///path``)."""
+    scheme, _, rest = target_uri.partition(":")
+    if scheme != TARGET_NAME:
+        raise DeploymentError(f"{target_uri!r} is not an archive target URI; use archive or "
+                              "archive:/<store path or URL>")
+    if rest.strip() in ("", "/"):
+        return os.path.abspath(DEFAULT_STORE)
+    bare = rest.lstrip("/")
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", bare):
+        return bare
+    if rest.startswith("/"):
+        return "/" + bare
+    return os.path.abspath(rest)
+
+
+def _storage_options(store: str) -> dict[str, Any]:
+    """File system options for the store: for s3://, MLflow's own MLFLOW_S3_ENDPOINT_URL, so
+    a store on a MinIO or other S3-compatible server works as MLflow's artifacts do."""
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    if store.startswith(("s3://", "s3a://")) and endpoint:
+        return {"endpoint_url": endpoint}
+    return {}
+
+
+def _check_name(name: str | None) -> None:
+    if not name or not _NAME.fullmatch(name):
+        raise DeploymentError(
+            f"deployment name {name!r} is not usable as a folder name; use up to 128 letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit"
+        )
+
+
+def _check_flavor(flavor: str | None) -> None:
+    if flavor not in (None, FLAVOR):
+        raise DeploymentError(f"flavor {flavor!r} is not offered: the archive target loads "
+                              f"and serves every model through {FLAVOR}; drop --flavor")
+
+
+def _check_endpoint(endpoint: str | None) -> None:
+    if endpoint is not None:
+        raise DeploymentError("the archive target has no endpoints; drop --endpoint")
+
+
+def _checked_config(config: dict[str, str] | None, *,
+                    allowed: tuple[str, ...]) -> dict[str, str]:
+    """``config`` (whose values MLflow's CLI gives as strings) with every key known."""
+    settings = {str(key): str(value) for key, value in (config or {}).items()}
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        known = ", ".join(allowed) if allowed else "none"
+        raise DeploymentError(f"unknown config key {unknown[0]!r}; known keys: {known} "
+                              "(see `mlflow deployments help -t archive`)")
+    return settings
+
+
+def _checked_values(settings: dict[str, str]) -> dict[str, str]:
+    """``settings`` once every value is valid, checked before anything is written."""
+    for key, value in settings.items():
+        _check_value(key, value, settings)
+    return settings
+
+
+def _check_value(key: str, value: str, settings: dict[str, str]) -> None:
+    if key == "format" and value not in LAYOUTS:
+        raise DeploymentError(f"unknown format {value!r}; choose one of: {', '.join(LAYOUTS)}")
+    if key == "container":
+        layout = LAYOUTS.get(settings.get("format") or DEFAULT_FORMAT)
+        if value not in CONTAINERS:
+            raise DeploymentError(f"unknown container {value!r}; choose one of: "
+                                  f"{', '.join(CONTAINERS)}")
+        if layout is not None and value not in layout.containers:
+            raise DeploymentError(f"format {layout.name!r} cannot use container {value!r}; "
+                                  f"choose one of: {', '.join(layout.containers)}")
+    if key == "sign_key" and not Path(value).expanduser().is_file():
+        raise DeploymentError(f"sign_key {value!r} is not a file; give the path of a PEM "
+                              "elliptic-curve private key")
+    if key == "port":
+        _port(value)
+    if key == "host" and not value.strip():
+        raise DeploymentError("host is empty; give an address such as 127.0.0.1")
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise DeploymentError(f"port {value!r} is not a TCP port; give a number from 1 to 65535")
+    return int(value)
+
+
+def _export_options(settings: dict[str, str]) -> dict[str, Any]:
+    """export_model's keyword arguments for a deployment's settings. A format whose default
+    container is a folder is deployed as a zip: one file is what a store keeps, replaces
+    and hashes in one piece."""
+    layout = LAYOUTS[settings.get("format") or DEFAULT_FORMAT]
+    container = settings.get("container") or layout.default_container
+    if container == "folder" and "container" not in settings:
+        container = "zip" if "zip" in layout.containers else layout.containers[0]
+    sign_key = settings.get("sign_key")
+    return {
+        "format": layout.name,
+        "container": container,
+        "sign_key": Path(sign_key).expanduser() if sign_key else None,
+    }
+
+
+def _error_number(code: str) -> int:
+    from mlflow.protos.databricks_pb2 import ErrorCode
+
+    try:
+        return ErrorCode.Value(code)
+    except ValueError:
+        return INVALID_PARAMETER_VALUE
+
+
+def _described(record: dict[str, Any]) -> dict[str, Any]:
+    """What get/list/create/update return: the record without its internal bookkeeping."""
+    return {key: value for key, value in record.items()
+            if key not in ("schema_version", "revision_dir")}
+
+
+def _jsonable(response: dict[str, Any]) -> dict[str, Any]:
+    """``response`` as plain JSON data, as MLflow's scoring server would send it."""
+    from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
+
+    plain = {key: _get_jsonable_obj(value, pandas_orient="records")
+             for key, value in response.items()}
+    return json.loads(json.dumps(plain, cls=NumpyEncoder))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
+
+
+def _put_interpreter_on_path() -> None:
+    """MLflow starts the scoring server as ``uvicorn`` through a shell; put this
+    interpreter's scripts folder first on PATH so that the uvicorn of this environment is
+    found even when it was not activated."""
+    scripts = os.path.dirname(sys.executable)
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if scripts not in parts:
+        os.environ["PATH"] = os.pathsep.join([scripts, *parts])
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm():
+    """Treat SIGTERM like Ctrl+C while serving, so the scoring server is stopped and the
+    temporary archive removed on either."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # Handlers can only be set from the main thread; elsewhere the caller owns the signals.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if main else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
