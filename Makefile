@@ -23,8 +23,12 @@ lint: $(STAMP)
 # torch-model-archiver + torchserve + CPU torch; Java 17), then BentoML (real bentoml).
 # Any failing fails `make test`; tox passes pytest's exit code through, so a run that
 # collects nothing (5) fails too.
+# Two workers (`-n 2`), one test file each at a time (`--dist loadfile`): each worker starts its
+# own mlflow servers, and a file's module-scoped fixtures stay in one process.
+PYTEST_WORKERS ?= 2
+
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 	$(MAKE) test-torchserve
 	$(MAKE) test-bentoml
 
