@@ -143,7 +143,11 @@ def export_model(
     ``models:/<name>@<alias>``, ``models:/m-<id>``, ``runs:/<run>/<name>``). ``dest`` is a
     file path or fsspec URL, or a folder in which a name is derived from the model's name and
     version; it defaults to the working directory. An existing file is replaced only with
-    ``force``; the archive appears there only once complete. With ``sign_key`` (a PEM
+    ``force``; the archive appears there only once complete. ``storage_options`` go to the
+    destination's fsspec file system, except ``multipart_chunksize``: the part size (bytes) of
+    an S3 multipart upload, whose parts go ``max_concurrency`` at a time. A model whose
+    artifacts are on this machine (a local artifact store) is read where it lies, not copied
+    first. With ``sign_key`` (a PEM
     elliptic-curve private key) the model files are signed with OpenSSF model-signing and the
     signature travels as ``model.sig`` at the archive root. ``options`` are the format's own
     settings; for ``mar``: ``handler``, ``model_file``, ``serialized_file``, ``extra_files``,

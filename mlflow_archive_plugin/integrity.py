@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from mlflow_archive_plugin.errors import CorruptArchiveError
 
@@ -42,17 +43,58 @@ class FileRecord:
 def copy_and_hash(src: BinaryIO, dst: BinaryIO, on_bytes=None) -> tuple[int, str]:
     """Copy ``src`` to ``dst`` in chunks, returning the byte count and hex SHA-256.
 
-    ``on_bytes`` is called with each chunk's length, for progress reporting.
+    ``on_bytes`` is called with each chunk's length, for progress reporting. Past the first
+    chunk the hash runs on a helper thread, a chunk behind the copy: hashing and writing
+    (zip's CRC, compression, the kernel's copy) then share the machine's cores instead of
+    taking turns on one.
     """
-    digest = hashlib.sha256()
+    chunk = src.read(CHUNK_SIZE)
+    digest: Any = _Sha256Behind() if len(chunk) == CHUNK_SIZE else hashlib.sha256()
     size = 0
-    while chunk := src.read(CHUNK_SIZE):
-        digest.update(chunk)
-        dst.write(chunk)
-        size += len(chunk)
-        if on_bytes is not None:
-            on_bytes(len(chunk))
-    return size, digest.hexdigest()
+    try:
+        while chunk:
+            digest.update(chunk)
+            dst.write(chunk)
+            size += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+            chunk = src.read(CHUNK_SIZE)
+        return size, digest.hexdigest()
+    finally:
+        if isinstance(digest, _Sha256Behind):
+            digest.close()
+
+
+class _Sha256Behind:
+    """SHA-256 of chunks given in order, computed on one helper thread.
+
+    ``hashlib`` releases the GIL on large buffers, so the hash of one chunk runs while the
+    caller writes it and reads the next; at most one chunk waits, so memory stays flat.
+    """
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-archive-sha256")
+        self._pending: Future | None = None
+
+    def update(self, chunk: bytes) -> None:
+        """Queue ``chunk`` after the previous one (waiting for that one to be hashed)."""
+        self._wait()
+        self._pending = self._pool.submit(self._digest.update, chunk)
+
+    def hexdigest(self) -> str:
+        """The hex SHA-256 of every chunk given so far."""
+        self._wait()
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        """Stop the helper thread."""
+        self._pool.shutdown(wait=True)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
 
 
 def hash_stream(src: BinaryIO) -> tuple[int, str]:

@@ -3,7 +3,12 @@
 An archive appears under its final name only when it is complete: local files and folders are
 written under a hidden temporary name in the same directory and renamed; remote files are built
 in a local temporary file and uploaded in one piece (object stores commit an upload only when it
-finishes), to a temporary name first where the file system can rename.
+finishes), to a temporary name first where the file system can rename. A large file goes to S3
+as a multipart upload whose parts are sent several at a time: ``multipart_chunksize`` (bytes, a
+storage option of this plugin, 8 MiB by default as in the AWS CLI) sets the part size and
+s3fs's own ``max_concurrency`` storage option how many go at once (4 unless given), so memory
+holds at most that many parts; a failed upload is aborted, and until it completes nothing is
+visible at the key.
 
 Credentials come from where each file system looks for them (environment, its configuration
 files, ``storage_options``), never from an archive. Whatever a remote file system raises
@@ -15,6 +20,7 @@ secret it was given masked.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import posixpath
 import shutil
@@ -22,6 +28,7 @@ import tempfile
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -51,6 +58,15 @@ _SECRET_WORDS = ("secret", "password", "passwd", "token", "key", "credential", "
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_KEY",
                      "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
                      "AZURE_STORAGE_CONNECTION_STRING")
+# S3 multipart uploads: the part size unless the storage option says otherwise, S3's smallest
+# part and its largest number of parts (a bigger file gets bigger parts).
+_PART_SIZE_OPTION = "multipart_chunksize"
+_DEFAULT_PART_BYTES = 8 * 1024**2
+_MIN_PART_BYTES = 5 * 1024**2
+_MAX_PARTS = 10_000
+_MULTIPART_PROTOCOLS = {"s3", "s3a"}
+# Parts in flight unless max_concurrency says otherwise: s3fs's 10 would hold 80 MiB of parts.
+_DEFAULT_PARTS_AT_ONCE = 4
 _CREDENTIALS_HINT = ("check the credentials (environment, the file system's configuration, "
                      "or storage options such as --storage-option key=... secret=...)")
 
@@ -58,12 +74,14 @@ _CREDENTIALS_HINT = ("check the credentials (environment, the file system's conf
 @dataclass(frozen=True)
 class Location:
     """A resolved location: the URL as given (any password masked), its file system and the
-    path within it. ``secrets`` are strings never to be shown in a message."""
+    path within it. ``secrets`` are strings never to be shown in a message; ``part_size`` is
+    the multipart upload part size asked for, if any."""
 
     url: str
     fs: Any
     path: str
     secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    part_size: int | None = field(default=None, compare=False)
 
     @property
     def is_local(self) -> bool:
@@ -80,7 +98,7 @@ class Location:
         """The location of ``name`` inside this one, used as a folder."""
         joined = f"{self.path.rstrip('/')}/{name}"
         url = joined if self.is_local else f"{self.url.rstrip('/')}/{name}"
-        return Location(url, self.fs, joined, self.secrets)
+        return dataclasses.replace(self, url=url, path=joined)
 
     def scrub(self, text: str) -> str:
         """``text`` with every secret this location was given masked."""
@@ -96,6 +114,7 @@ def resolve(url: str | os.PathLike, storage_options: dict | None = None) -> Loca
     options = dict(storage_options or {})
     shown = _mask_url(text)
     probe = Location(shown, None, text, _secrets(text, options))
+    part_size = _part_size(options.pop(_PART_SIZE_OPTION, None))
     try:
         fs, path = fsspec.core.url_to_fs(text, **options)
     except (ImportError, ValueError) as exc:
@@ -104,7 +123,19 @@ def resolve(url: str | os.PathLike, storage_options: dict | None = None) -> Loca
         raise _failure(probe, "reach", exc) from exc
     if isinstance(fs, LocalFileSystem) and fsspec.core.split_protocol(text)[0] is None:
         path = os.path.abspath(os.path.expanduser(text))
-    return Location(shown, fs, path, probe.secrets)
+    return Location(shown, fs, path, probe.secrets, part_size)
+
+
+def _part_size(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < _MIN_PART_BYTES:
+        raise UnsupportedError(
+            f"storage option {_PART_SIZE_OPTION}={value!r} is not a whole number of bytes of at "
+            f"least {_MIN_PART_BYTES} (S3's smallest part); give e.g. "
+            f"{_PART_SIZE_OPTION}={_DEFAULT_PART_BYTES}"
+        )
+    return value
 
 
 def is_folder_target(location: Location, raw: str) -> bool:
@@ -178,10 +209,7 @@ def publish_file(location: Location, force: bool = False,
         try:
             with open(tmp, "xb") as handle:
                 yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            if on_complete is not None:
-                on_complete(tmp)
+                _sync_and_complete(handle, tmp, on_complete)
             _replace_local(tmp, location.path)
         finally:
             if os.path.exists(tmp):
@@ -197,11 +225,30 @@ def publish_file(location: Location, force: bool = False,
         _upload(local, location)
 
 
+def _sync_and_complete(handle: BinaryIO, path: str,
+                       on_complete: Callable[[str], None] | None) -> None:
+    """Flush ``handle`` to disk (so a crash after the rename cannot leave a torn file under
+    the final name) while ``on_complete`` reads the finished file: the disk's flush and the
+    caller's pass over the file (hashing it, from the page cache) overlap instead of
+    adding up."""
+    handle.flush()
+    if on_complete is None:
+        os.fsync(handle.fileno())
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="mlflow-archive-fsync") as pool:
+        synced = pool.submit(os.fsync, handle.fileno())
+        try:
+            on_complete(path)
+        finally:
+            wait([synced])  # never close the file under a running fsync
+        synced.result()
+
+
 def _upload(local: str, location: Location) -> None:
     fs = location.fs
     with remote_errors(location, "write"):
         if location.protocol in _ATOMIC_UPLOAD_PROTOCOLS:
-            fs.put_file(local, location.path)
+            fs.put_file(local, location.path, **_upload_options(location, os.path.getsize(local)))
             return
         parent = posixpath.dirname(location.path)
         if parent not in ("", "/"):
@@ -215,6 +262,18 @@ def _upload(local: str, location: Location) -> None:
             with contextlib.suppress(Exception):  # best effort: the upload's error matters more
                 if fs.exists(tmp):
                     fs.rm(tmp)
+
+
+def _upload_options(location: Location, size: int) -> dict[str, Any]:
+    """What ``put_file`` is told about parts: for S3, parts of the chosen size (larger when
+    the file would need more than S3's 10,000), which s3fs sends ``max_concurrency`` at a
+    time once the file is at least two parts long."""
+    if location.protocol not in _MULTIPART_PROTOCOLS:
+        return {}
+    wanted = location.part_size or _DEFAULT_PART_BYTES
+    given = getattr(location.fs, "storage_options", {}).get("max_concurrency")
+    return {"chunksize": max(wanted, -(-size // _MAX_PARTS)),
+            "max_concurrency": given or _DEFAULT_PARTS_AT_ONCE}
 
 
 @contextlib.contextmanager

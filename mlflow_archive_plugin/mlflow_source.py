@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -45,7 +47,12 @@ def read_model(
     tracking_uri: str | None = None,
     registry_uri: str | None = None,
 ) -> Snapshot:
-    """Resolve ``model_uri``, download its files into ``download_dir`` and collect its metadata."""
+    """Resolve ``model_uri``, download its files into ``download_dir`` and collect its metadata.
+
+    Where the model's files already sit on this machine (a local artifact store), the snapshot
+    points at them where they are, to be read once by the archive writer rather than copied
+    first; nothing on the export path writes into ``model_dir``.
+    """
     tracking_uri = resolve_tracking_uri(tracking_uri)
     registry_uri = registry_uri or tracking_uri
     client = connect(tracking_uri, registry_uri)
@@ -63,7 +70,9 @@ def read_model(
             logged_info.run_output_step = _output_step(client, run.run_id, logged.model_id)
         else:
             logged_info = _logged_info(logged) if logged is not None else None
-        model_dir = _download(files_uri, download_dir, tracking_uri, registry_uri)
+        model_dir = _local_model_dir(files_uri) or _download(
+            files_uri, download_dir, tracking_uri, registry_uri
+        )
     return Snapshot(
         model_dir=model_dir,
         mlmodel=_mlmodel(model_dir),
@@ -259,6 +268,20 @@ def _run(client: MlflowClient, run_id: str) -> RunInfo | None:
         tags=dict(run.data.tags),
         metrics=history,
     )
+
+
+def _local_model_dir(files_uri: str) -> Path | None:
+    """The folder of a model whose artifact URI is a local path or ``file:`` URI, if it holds
+    an MLflow model; None for anything MLflow must fetch."""
+    parts = urllib.parse.urlsplit(files_uri)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+        path = Path(urllib.request.url2pathname(parts.path))
+    elif parts.scheme == "" and not files_uri.startswith("//"):
+        path = Path(files_uri)  # a plain path: '%', '?' and '#' are part of the name
+    else:
+        return None
+    path = path.resolve()
+    return path if (path / "MLmodel").is_file() else None
 
 
 def _download(files_uri: str, download_dir: Path, tracking_uri: str, registry_uri: str) -> Path:
