@@ -2,8 +2,10 @@
 
 Order matters: the version is registered only after the files are uploaded and their sizes
 checked, so nobody can load a half-uploaded version. Anything created before a failure is
-deleted again. What MLflow does not let a client set (version numbers, creation times, user,
-ids) is kept in ``mlflow_archive.source.*`` tags.
+deleted again. A process killed half way cannot do that, so the run and the logged model carry
+an ``mlflow_archive.incomplete`` tag until their version exists, and the next import of the
+same archive deletes what such a killed import left. What MLflow does not let a client set
+(version numbers, creation times, user, ids) is kept in ``mlflow_archive.source.*`` tags.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from mlflow_archive_plugin.tracking import (
 )
 
 DIGEST_TAG = "mlflow_archive.digest"
+# On the run and logged model of an import until its version exists (value: the digest), so
+# whatever still carries it was left by an import killed before it could finish or undo.
+INCOMPLETE_TAG = "mlflow_archive.incomplete"
 SOURCE_PREFIX = "mlflow_archive.source."
 _TERMINAL_STATUSES = {"FINISHED", "FAILED", "KILLED"}
 # Tags MLflow maintains itself on the target; copying the source's values would be wrong there.
@@ -97,8 +102,11 @@ def register(
     tracking_uri = resolve_tracking_uri(tracking_uri)
     client = connect(tracking_uri, registry_uri)
     with mlflow_errors(f"cannot import into registered model {target!r}"):
-        existing = _version_with_digest(client, target, digest)
+        imported = _versions_with_digest(client, digest)
+        existing = min((v for v in imported if v.name == target), key=lambda v: int(v.version),
+                       default=None)
         if existing is not None and on_exists == "reuse":
+            _unmark(client, existing.run_id, _model_id_of(existing))
             return Registered(target, str(existing.version), True, existing.run_id,
                               _model_id_of(existing))
         if existing is not None and on_exists == "fail":
@@ -114,16 +122,19 @@ def register(
             with global_tracking_uri(tracking_uri), environment(
                 MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true"
             ):
-                return _create_all(client, created, snapshot, digest, target, experiment, aliases)
+                return _create_all(client, created, snapshot, digest, target, experiment,
+                                   aliases, imported)
         except BaseException:
             created.roll_back()
             raise
 
 
-def _create_all(client, created, snapshot, digest, target, experiment, aliases) -> Registered:
+def _create_all(client, created, snapshot, digest, target, experiment, aliases,
+                imported) -> Registered:
     experiment_id = _experiment_id(client, experiment or target)
-    run_id = _create_run(client, created, snapshot, experiment_id)
-    model_id = _create_logged_model(client, created, snapshot, experiment_id, run_id)
+    _remove_killed_imports(client, experiment_id, digest, imported)
+    run_id = _create_run(client, created, snapshot, experiment_id, digest)
+    model_id = _create_logged_model(client, created, snapshot, experiment_id, run_id, digest)
     _log_metrics(client, run_id, snapshot, model_id)
     _finish_run(client, run_id, snapshot)
     _upload_files(client, model_id, snapshot.model_dir)
@@ -143,6 +154,7 @@ def _create_all(client, created, snapshot, digest, target, experiment, aliases) 
     client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
         [{"name": target, "version": int(version.version)}]
     )})
+    _unmark(client, run_id, model_id)
     warnings = []
     if aliases and snapshot.model_version is not None:
         warnings = _set_free_aliases(client, target, str(version.version),
@@ -191,18 +203,73 @@ def _model_id_of(version) -> str | None:
     )
 
 
-def _version_with_digest(client: MlflowClient, name: str, digest: str):
-    """The lowest-numbered version of ``name`` imported from an archive with ``digest``."""
-    # The digest is hex, so the filter needs no quoting; the name is compared here.
+def _versions_with_digest(client: MlflowClient, digest: str) -> list:
+    """Every visible version, of any registered model, imported from an archive with
+    ``digest``."""
     try:
         versions = list(_all_versions(client, f"tags.`{DIGEST_TAG}` = {filter_value(digest)}"))
     except MlflowException as exc:
         if is_missing(exc):
-            return None
+            return []
         raise
-    matching = [v for v in versions
-                if v.name == name and (v.tags or {}).get(DIGEST_TAG) == digest]
-    return min(matching, key=lambda v: int(v.version), default=None)
+    return [v for v in versions if (v.tags or {}).get(DIGEST_TAG) == digest]
+
+
+def _remove_killed_imports(client: MlflowClient, experiment_id: str, digest: str,
+                           imported: list) -> None:
+    """Delete the logged models and runs that imports of this archive killed half way left in
+    the experiment (still marked incomplete, and no version made from them), as a failed
+    import would have deleted its own; one a version was made from only loses the mark.
+
+    An import of the same archive into the same experiment still running elsewhere looks the
+    same; it then fails and undoes itself (a registry takes one import of an archive at a
+    time, or it would get two versions of it anyway)."""
+    marked = f"tags.`{INCOMPLETE_TAG}` = {filter_value(digest)}"
+    used_models = {_model_id_of(v) for v in imported}
+    used_runs = {v.run_id for v in imported}
+    for model in _all_logged_models(client, experiment_id, marked):
+        if model.model_id in used_models:
+            client.delete_logged_model_tag(model.model_id, INCOMPLETE_TAG)
+        else:
+            client.delete_logged_model(model.model_id)
+    for run in _all_runs(client, experiment_id, marked):
+        if run.info.run_id in used_runs:
+            client.delete_tag(run.info.run_id, INCOMPLETE_TAG)
+        else:
+            client.delete_run(run.info.run_id)
+
+
+def _unmark(client: MlflowClient, run_id: str | None, model_id: str | None) -> None:
+    """Take the incomplete mark off the run and logged model of a version that exists. Best
+    effort: a mark left on them is harmless (a model in use is never deleted for it) and the
+    next import of the archive that creates anything takes it off."""
+    with contextlib.suppress(MlflowException, OSError):
+        if model_id is not None and INCOMPLETE_TAG in (client.get_logged_model(model_id).tags
+                                                       or {}):
+            client.delete_logged_model_tag(model_id, INCOMPLETE_TAG)
+        if run_id is not None and INCOMPLETE_TAG in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, INCOMPLETE_TAG)
+
+
+def _all_logged_models(client: MlflowClient, experiment_id: str, filter_string: str) -> Iterator:
+    token = None
+    while True:
+        page = client.search_logged_models([experiment_id], filter_string=filter_string,
+                                           page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _all_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> Iterator:
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def _all_versions(client: MlflowClient, filter_string: str) -> Iterator:
@@ -232,7 +299,8 @@ def _source_tags(pairs: dict[str, object]) -> dict[str, str]:
     }
 
 
-def _create_run(client, created: _Created, snapshot: Snapshot, experiment_id: str) -> str | None:
+def _create_run(client, created: _Created, snapshot: Snapshot, experiment_id: str,
+                digest: str) -> str | None:
     run = snapshot.run
     if run is None:
         return None
@@ -243,6 +311,7 @@ def _create_run(client, created: _Created, snapshot: Snapshot, experiment_id: st
     tags.update(_source_tags({"run_id": run.run_id, "experiment_id": run.experiment_id,
                               "experiment_name": run.experiment_name, "user_id": run.user_id,
                               "tracking_uri": snapshot.lineage.source_tracking_uri}))
+    tags[INCOMPLETE_TAG] = digest
     new = client.create_run(experiment_id, start_time=run.start_time, tags=tags,
                             run_name=run.run_name)
     created.run_id = new.info.run_id
@@ -280,18 +349,19 @@ def _metric(key: str, point: dict, model_id: str | None, linked: dict | None) ->
 
 
 def _create_logged_model(client, created: _Created, snapshot: Snapshot, experiment_id: str,
-                         run_id: str | None) -> str:
+                         run_id: str | None, digest: str) -> str:
     logged = snapshot.logged_model
     tags = {k: v for k, v in logged.tags.items() if k not in _MLFLOW_MANAGED_TAGS} if logged else {}
     if logged is not None:
         tags.update(_source_tags({"model_id": logged.model_id,
                                   "creation_timestamp": logged.creation_timestamp,
                                   "experiment_id": logged.experiment_id}))
+    tags[INCOMPLETE_TAG] = digest
     model = client.create_logged_model(
         experiment_id=experiment_id,
         name=(logged.name if logged else None) or "model",
         source_run_id=run_id,
-        tags=tags or None,
+        tags=tags,
         params=(dict(logged.params) if logged else None) or None,
         model_type=logged.model_type if logged else None,
     )
