@@ -182,6 +182,34 @@ def start_moto_s3(root: Path, bucket: str = "archives") -> MotoS3:
 
 # --------------------------------------------------------------------------- HTTP and FTP
 
+@contextlib.contextmanager
+def moto_s3_in_environment(root: Path,
+                           endpoint_variables: tuple[str, ...] = ()) -> Iterator[MotoS3]:
+    """A moto S3 server whose credentials (and its endpoint in each of ``endpoint_variables``,
+    such as MLflow's MLFLOW_S3_ENDPOINT_URL) this process's environment, and
+    so its children's, holds while it runs; s3fs's cached file systems are dropped on the way
+    in and out, so none keeps another server's credentials. s3fs and moto come with the
+    [test] extra: a missing one is an install error, not a skip."""
+    import pytest
+    import s3fs
+
+    server = start_moto_s3(root)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name in SCRUBBED_AWS_VARS:
+                patch.delenv(name, raising=False)
+            endpoints = dict.fromkeys(endpoint_variables, server.endpoint)
+            for name, value in server.env(**endpoints).items():
+                patch.setenv(name, value)
+            s3fs.S3FileSystem.clear_instance_cache()
+            try:
+                yield server
+            finally:
+                s3fs.S3FileSystem.clear_instance_cache()
+    finally:
+        server.stop()
+
+
 
 @dataclass
 class FolderServer:

@@ -41,7 +41,7 @@ from mlflow.store.artifact.artifact_repository_registry import (
     get_artifact_repository,
     get_registered_artifact_repositories,
 )
-from s3_server import SCRUBBED_AWS_VARS, start_moto_s3
+from s3_server import moto_s3_in_environment
 
 from mlflow_archive_plugin import export_model, verify_archive
 
@@ -109,17 +109,9 @@ def model_files(rich_model, server_a, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server; this process's environment holds its credentials and endpoint."""
-    s3fs = pytest.importorskip("s3fs", reason="the s3 tests need s3fs (the [test] extra)")
-    server = start_moto_s3(tmp_path_factory.mktemp("repo-moto"))
-    with pytest.MonkeyPatch.context() as patch:
-        for variable in SCRUBBED_AWS_VARS:
-            patch.delenv(variable, raising=False)
-        for variable, value in server.env(MLFLOW_S3_ENDPOINT_URL=server.endpoint).items():
-            patch.setenv(variable, value)
-        s3fs.S3FileSystem.clear_instance_cache()
+    root = tmp_path_factory.mktemp("repo-moto")
+    with moto_s3_in_environment(root, ("MLFLOW_S3_ENDPOINT_URL",)) as server:
         yield server
-        s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
 
 
 def log_to_store(server: MlflowServer, artifact_location: str, name: str, X: np.ndarray):

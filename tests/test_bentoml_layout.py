@@ -48,7 +48,7 @@ from conftest import (
     unique,
 )
 from mlflow import MlflowClient
-from s3_server import SCRUBBED_AWS_VARS, start_moto_s3
+from s3_server import moto_s3_in_environment
 
 from mlflow_archive_plugin import export_model, import_archive, verify_archive
 
@@ -334,18 +334,8 @@ def foreign_imports(foreign, server_b):
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server on loopback; this process's environment holds its credentials."""
-    s3fs = pytest.importorskip("s3fs", reason="the s3 tests need s3fs (the [test] extra)")
-    pytest.importorskip("moto.server", reason="the s3 tests need moto[s3] (the [test] extra)")
-    server = start_moto_s3(tmp_path_factory.mktemp("bento-moto"))
-    with pytest.MonkeyPatch.context() as patch:
-        for variable in SCRUBBED_AWS_VARS:
-            patch.delenv(variable, raising=False)
-        for variable, value in server.env().items():
-            patch.setenv(variable, value)
-        s3fs.S3FileSystem.clear_instance_cache()
+    with moto_s3_in_environment(tmp_path_factory.mktemp("bento-moto")) as server:
         yield server
-        s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
 
 
 @pytest.fixture(scope="module")

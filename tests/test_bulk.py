@@ -24,7 +24,7 @@ from conftest import (
     unique,
 )
 from mlflow import MlflowClient
-from s3_server import SCRUBBED_AWS_VARS, start_moto_s3
+from s3_server import moto_s3_in_environment
 
 from mlflow_archive_plugin.bulk import (
     INDEX_FORMAT,
@@ -304,18 +304,8 @@ def tamper(archive: Path) -> None:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server on loopback, its credentials in this process's environment."""
-    s3fs = pytest.importorskip("s3fs", reason="the s3 tests need s3fs (the [test] extra)")
-    pytest.importorskip("moto.server", reason="the s3 tests need moto[s3] (the [test] extra)")
-    server = start_moto_s3(tmp_path_factory.mktemp("moto-bulk"))
-    with pytest.MonkeyPatch.context() as patch:
-        for name in SCRUBBED_AWS_VARS:
-            patch.delenv(name, raising=False)
-        for name, value in server.env().items():
-            patch.setenv(name, value)
-        s3fs.S3FileSystem.clear_instance_cache()
+    with moto_s3_in_environment(tmp_path_factory.mktemp("moto-bulk")) as server:
         yield server
-        s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
 
 
 def test_registry_round_trip_through_s3(s3, source, server_b):

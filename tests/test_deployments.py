@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from mlflow import MlflowClient
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
-from s3_server import SCRUBBED_AWS_VARS, start_moto_s3
+from s3_server import moto_s3_in_environment
 
 from mlflow_archive_plugin import inspect_archive, verify_archive
 
@@ -126,18 +126,9 @@ def cli_created(models, cli_workdir):
 def s3(tmp_path_factory):
     """A moto S3 server; this process's environment holds its credentials and, as MLflow
     users set it, MLFLOW_S3_ENDPOINT_URL."""
-    s3fs = pytest.importorskip("s3fs", reason="the s3 tests need s3fs (the [test] extra)")
-    pytest.importorskip("moto.server", reason="the s3 tests need moto[s3] (the [test] extra)")
-    server = start_moto_s3(tmp_path_factory.mktemp("moto"))
-    with pytest.MonkeyPatch.context() as patch:
-        for name in SCRUBBED_AWS_VARS:
-            patch.delenv(name, raising=False)
-        for name, value in s3_env(server).items():
-            patch.setenv(name, value)
-        s3fs.S3FileSystem.clear_instance_cache()
+    root = tmp_path_factory.mktemp("moto")
+    with moto_s3_in_environment(root, ("MLFLOW_S3_ENDPOINT_URL",)) as server:
         yield server
-        s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
 
 
 # --------------------------------------------------------------------------- helpers

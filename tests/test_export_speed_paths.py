@@ -21,7 +21,7 @@ from urllib.request import url2pathname
 
 import pytest
 from conftest import METADATA_FILE, unique
-from s3_server import SCRUBBED_AWS_VARS, cutting_proxy, start_moto_s3
+from s3_server import cutting_proxy, moto_s3_in_environment
 
 from mlflow_archive_plugin import archive, containers, layouts, location
 from mlflow_archive_plugin.errors import ArchiveError, UnsupportedError
@@ -200,18 +200,8 @@ def test_export_from_a_local_artifact_store_archives_the_stored_bytes(local_stor
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server, with this process's environment holding its credentials."""
-    s3fs = pytest.importorskip("s3fs", reason="the s3 tests need s3fs (the [test] extra)")
-    pytest.importorskip("moto.server", reason="the s3 tests need moto[s3] (the [test] extra)")
-    server = start_moto_s3(tmp_path_factory.mktemp("moto"))
-    with pytest.MonkeyPatch.context() as patch:
-        for name in SCRUBBED_AWS_VARS:
-            patch.delenv(name, raising=False)
-        for name, value in server.env().items():
-            patch.setenv(name, value)
-        s3fs.S3FileSystem.clear_instance_cache()
+    with moto_s3_in_environment(tmp_path_factory.mktemp("moto")) as server:
         yield server
-        s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
 
 
 def test_a_big_archive_goes_to_s3_in_parallel_parts_byte_for_byte(s3, tmp_path):

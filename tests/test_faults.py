@@ -51,7 +51,7 @@ from conftest import (
 )
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
-from s3_server import SCRUBBED_AWS_VARS, start_moto_s3
+from s3_server import moto_s3_in_environment
 
 from mlflow_archive_plugin.api import verify_archive
 from mlflow_archive_plugin.bulk import INDEX_NAME
@@ -295,18 +295,8 @@ def big_archive(killed_export) -> Path:
 def s3(tmp_path_factory):
     """A moto S3 server, with this process's environment (and so the children's) holding its
     credentials."""
-    s3fs = pytest.importorskip("s3fs", reason="the s3 tests need s3fs (the [test] extra)")
-    pytest.importorskip("moto.server", reason="the s3 tests need moto[s3] (the [test] extra)")
-    server = start_moto_s3(tmp_path_factory.mktemp("moto"))
-    with pytest.MonkeyPatch.context() as patch:
-        for name in SCRUBBED_AWS_VARS:
-            patch.delenv(name, raising=False)
-        for name, value in server.env().items():
-            patch.setenv(name, value)
-        s3fs.S3FileSystem.clear_instance_cache()
+    with moto_s3_in_environment(tmp_path_factory.mktemp("moto")) as server:
         yield server
-        s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,10 @@ from conftest import (
 )
 from mlflow import MlflowClient
 from s3_server import (
-    SCRUBBED_AWS_VARS,
     cutting_proxy,
+    moto_s3_in_environment,
     start_ftp_server,
     start_http_server,
-    start_moto_s3,
 )
 
 from mlflow_archive_plugin import archive, containers, layouts, location
@@ -63,18 +62,8 @@ class Boom(RuntimeError):
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server, with this process's environment holding its credentials."""
-    s3fs = pytest.importorskip("s3fs", reason="the s3 tests need s3fs (the [test] extra)")
-    pytest.importorskip("moto.server", reason="the s3 tests need moto[s3] (the [test] extra)")
-    server = start_moto_s3(tmp_path_factory.mktemp("moto"))
-    with pytest.MonkeyPatch.context() as patch:
-        for name in SCRUBBED_AWS_VARS:
-            patch.delenv(name, raising=False)
-        for name, value in server.env().items():
-            patch.setenv(name, value)
-        s3fs.S3FileSystem.clear_instance_cache()
+    with moto_s3_in_environment(tmp_path_factory.mktemp("moto")) as server:
         yield server
-        s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
 
 
 @pytest.fixture(scope="module")
