@@ -30,6 +30,7 @@ from mlflow_archive_plugin.errors import (
     SignatureError,
     UnsupportedError,
 )
+from mlflow_archive_plugin.extents import materialize
 from mlflow_archive_plugin.flavor import save_archive_model, stored_archive
 from mlflow_archive_plugin.integrity import CHECKSUM_NAME, hash_stream
 from mlflow_archive_plugin.layouts import LAYOUTS, Entry, Layout, detect_layout, get_layout
@@ -195,6 +196,7 @@ def export_model(
     if not into_folder:
         refuse_existing(location, force)  # before any download, not after
     from mlflow_archive_plugin.mlflow_source import read_model
+    from mlflow_archive_plugin.served import fetch_deferred
 
     with tempfile.TemporaryDirectory(prefix="mlflow-archive-export-") as scratch:
         snapshots = []
@@ -208,6 +210,10 @@ def export_model(
         if len(snapshots) > 1:
             snapshot.bundle = snapshots
         stored = stored_archive(snapshot.model_dir, snapshot.mlmodel)
+        if stored is not None or sign_key is not None or encryption_key is not None:
+            # These read the model files themselves, not only the archive writer.
+            for member in snapshots:
+                fetch_deferred(member.deferred)
         if (stored is not None and stored[0].get("layout") == layout.name and not options
                 and len(snapshots) == 1 and encryption_key is None):
             asked = container or (None if into_folder else _container_named(location.path, layout))
@@ -283,10 +289,12 @@ def import_archive(
     probe(resolve_tracking_uri(tracking_uri))
     with (
         fetched(resolve(source, storage_options)) as location,
-        _extracted(location, progress, limits, keep_going=False) as (root, scanned),
+        _extracted(location, progress, limits, keep_going=False, in_place=True)
+        as (root, scanned),
         tempfile.TemporaryDirectory(prefix="mlflow-archive-model-") as wrapped,
     ):
         snapshot = read_snapshot(root, scanned)
+        extents = scanned.extents_under(root)
         problems = metadata_problems(snapshot, scanned)
         if problems:
             raise IntegrityError(f"archive failed verification: {problems[0]}", problems)
@@ -294,7 +302,9 @@ def import_archive(
         if name is not None and len(members) > 1:
             raise UnsupportedError(f"--name renames one model, but the archive holds "
                                    f"{len(members)}; import it without --name")
-        findings = scan_pickles(root)
+        if snapshot.encryption is not None or verify_key is not None or snapshot.is_foreign:
+            materialize(extents)  # these read the extracted files themselves
+        findings = scan_pickles(root, extents=extents)
         if snapshot.encryption is not None:
             plain = Path(wrapped, "plain")
             _decrypt(snapshot, encryption_key, plain)
@@ -325,6 +335,7 @@ def import_archive(
                     aliases=aliases,
                     tracking_uri=tracking_uri,
                     registry_uri=registry_uri,
+                    extents=extents,
                 ), member_digest))
         except BaseException:
             for registered, _ in reversed(done):
@@ -438,12 +449,14 @@ def _container_for(path: str, requested: str | None, layout: Layout) -> str:
 
 
 @contextlib.contextmanager
-def _extracted(location, progress, limits, *, keep_going: bool) -> Iterator[tuple[Path, Scanned]]:
-    """The archive extracted (safely, staged) into a temporary folder removed afterwards."""
+def _extracted(location, progress, limits, *, keep_going: bool,
+               in_place: bool = False) -> Iterator[tuple[Path, Scanned]]:
+    """The archive extracted (safely, staged) into a temporary folder removed afterwards;
+    with ``in_place``, large stored entries stay in the archive (``Scanned.extents``)."""
     with tempfile.TemporaryDirectory(prefix="mlflow-archive-") as scratch:
         root = Path(scratch)
         scanned = scan_archive(location, extract_to=root, keep_going=keep_going,
-                               show_progress=progress, limits=limits)
+                               show_progress=progress, limits=limits, in_place=in_place)
         yield root, scanned
 
 
@@ -456,8 +469,8 @@ def inspect_archive(
     """Describe the archive at ``source``: layout, container, metadata, files, pickles and
     problems, without talking to MLflow and without unpickling or running anything."""
     location = resolve(source, storage_options)
-    with _extracted(location, False, limits, keep_going=True) as (root, scanned):
-        findings = scan_pickles(root)
+    with _extracted(location, False, limits, keep_going=True, in_place=True) as (root, scanned):
+        findings = scan_pickles(root, extents=scanned.extents_under(root))
         metadata = _parse_metadata(scanned.captured.get(METADATA_NAME))
         if metadata:
             layout = str(metadata.get("layout", "unknown"))

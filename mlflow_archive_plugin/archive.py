@@ -25,6 +25,7 @@ from mlflow_archive_plugin.errors import (
     UnsafeArchiveError,
     UnsupportedError,
 )
+from mlflow_archive_plugin.extents import Extent, stays_in_place
 from mlflow_archive_plugin.integrity import (
     CHECKSUM_NAME,
     FileRecord,
@@ -64,6 +65,13 @@ class Scanned:
     problems: list[str] = field(default_factory=list)
     # The one folder every entry sat under (``name/`` in a .mar's tgz), removed from names.
     prefix: str = ""
+    # Entries verified but left in the archive file (``in_place``), by name; the extraction
+    # folder holds a placeholder of each.
+    extents: dict[str, Extent] = field(default_factory=dict)
+
+    def extents_under(self, root: Path) -> dict[Path, Extent]:
+        """The extents by the path of their placeholder below the extraction folder."""
+        return {root / name: extent for name, extent in self.extents.items()}
 
     @property
     def digest(self) -> str | None:
@@ -170,6 +178,8 @@ def write_archive(
     prefix = layout.entry_prefix(snapshot, container)
     _check_portable_names(entry.arcname for entry in [*entries, *extra])
     total = sum(entry.source.stat().st_size for entry in entries if entry.source is not None)
+    # Placeholders of files still on the server: the writer streams those from there.
+    served = {path: file for member in snapshot.members for path, file in member.deferred.items()}
     measured: list[tuple[int, str]] = []
 
     def measure(path: str) -> None:
@@ -185,7 +195,8 @@ def write_archive(
     ):
         records = [
             dataclasses.replace(
-                writer.add_file(prefix + entry.arcname, entry.source, on_bytes)
+                writer.add_file(prefix + entry.arcname, served.get(entry.source, entry.source),
+                                on_bytes)
                 if entry.source is not None
                 else writer.add_bytes(prefix + entry.arcname, entry.data or b""),
                 path=entry.arcname,
@@ -226,20 +237,23 @@ def scan_archive(
     keep_going: bool = False,
     show_progress: bool | None = None,
     limits: ReadLimits | None = None,
+    in_place: bool = False,
 ) -> Scanned:
     """Read every entry once, hashing it and (with ``extract_to``) extracting it there.
 
     Entries are extracted into a hidden staging folder inside ``extract_to`` and moved into
     place only once the whole archive has been read, so a refused or damaged archive leaves
     ``extract_to`` as it was. With ``keep_going`` a damaged entry is recorded as a problem and
-    reading goes on where the container allows it.
+    reading goes on where the container allows it. With ``in_place``, large entries stored
+    as they are in a local archive file are verified but not extracted (see ``extents.py``).
     """
     staging = None
     if extract_to is not None:
         staging = extract_to / f".staging-{uuid.uuid4().hex[:12]}"
         staging.mkdir()
     try:
-        scanned = _scan(location, staging, keep_going, show_progress, limits or ReadLimits())
+        scanned = _scan(location, staging, keep_going, show_progress, limits or ReadLimits(),
+                        in_place and location.is_local)
         _strip_wrapper_folder(scanned)
         if staging is not None:
             for child in (staging / scanned.prefix).iterdir():
@@ -251,7 +265,7 @@ def scan_archive(
 
 
 def _scan(location: Location, staging: Path | None, keep_going: bool, show_progress,
-          limits: ReadLimits) -> Scanned:
+          limits: ReadLimits, in_place: bool = False) -> Scanned:
     with open_source(location) as (container, source):
         _check_extension(location, container)
         scanned = Scanned(container)
@@ -266,7 +280,8 @@ def _scan(location: Location, staging: Path | None, keep_going: bool, show_progr
             consumed = None if container == "folder" else source.tell
             budget = _Budget(limits, consumed, on_bytes)
             try:
-                _scan_entries(reader.entries(), scanned, staging, keep_going, budget)
+                _scan_entries(reader.entries(), scanned, staging, keep_going, budget,
+                              location.path if in_place and staging is not None else None)
             except CorruptArchiveError as exc:
                 if not keep_going:
                     raise
@@ -309,6 +324,8 @@ def _strip_wrapper_folder(scanned: Scanned) -> None:
     scanned.records = {name.removeprefix(prefix): dataclasses.replace(
         record, path=record.path.removeprefix(prefix)) for name, record in scanned.records.items()}
     scanned.captured = {name.removeprefix(prefix): data for name, data in scanned.captured.items()}
+    scanned.extents = {name.removeprefix(prefix): extent
+                       for name, extent in scanned.extents.items()}
 
 
 def _is_captured(name: str) -> bool:
@@ -365,13 +382,20 @@ class _NameGuard:
         )
 
 
-def _scan_entries(entries, scanned: Scanned, staging, keep_going, budget: _Budget) -> None:
+def _scan_entries(entries, scanned: Scanned, staging, keep_going, budget: _Budget,
+                  archive_path: str | None = None) -> None:
     guard = _NameGuard()
     for name, stream in entries:
         budget.start(name)
         guard.admit(name)
         try:
-            record, captured = _consume(name, stream, staging, budget)
+            if archive_path is not None and _left_in_place(name, stream):
+                record = _verify_in_place(name, stream, staging, budget)
+                scanned.extents[name] = Extent(archive_path, stream.offset, record.size,
+                                               record.sha256)
+                captured = b""
+            else:
+                record, captured = _consume(name, stream, staging, budget)
         except CorruptArchiveError as exc:
             if not keep_going or scanned.container != "zip":
                 raise
@@ -397,6 +421,25 @@ def _consume(name: str, stream, staging: Path | None, on_bytes) -> tuple[FileRec
     _check_document_size(name, size)
     captured = target.read_bytes() if _is_captured(name) else b""
     return FileRecord(name, size, digest), captured
+
+
+def _left_in_place(name: str, stream) -> bool:
+    offset, size = getattr(stream, "offset", None), getattr(stream, "size", None)
+    return offset is not None and size is not None and not _is_captured(name) and \
+        stays_in_place(name, size)
+
+
+def _verify_in_place(name: str, stream, staging: Path, on_bytes) -> FileRecord:
+    """Hash an entry left in the archive; its placeholder is a sparse file of its size."""
+    size, digest = copy_and_hash(stream, _NullSink(), on_bytes)
+    if size != stream.size:
+        raise CorruptArchiveError(f"{name}: holds {size} bytes but its header says "
+                                  f"{stream.size}; the archive is damaged")
+    target = staging / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("xb") as placeholder:
+        placeholder.truncate(size)
+    return FileRecord(name, size, digest)
 
 
 def _check_document_size(name: str, size: int) -> None:

@@ -49,7 +49,7 @@ def copy_and_hash(src: BinaryIO, dst: BinaryIO, on_bytes=None) -> tuple[int, str
     taking turns on one.
     """
     chunk = src.read(CHUNK_SIZE)
-    digest: Any = _Sha256Behind() if len(chunk) == CHUNK_SIZE else hashlib.sha256()
+    digest: Any = Sha256Behind() if len(chunk) == CHUNK_SIZE else hashlib.sha256()
     size = 0
     try:
         while chunk:
@@ -61,11 +61,11 @@ def copy_and_hash(src: BinaryIO, dst: BinaryIO, on_bytes=None) -> tuple[int, str
             chunk = src.read(CHUNK_SIZE)
         return size, digest.hexdigest()
     finally:
-        if isinstance(digest, _Sha256Behind):
+        if isinstance(digest, Sha256Behind):
             digest.close()
 
 
-class _Sha256Behind:
+class Sha256Behind:
     """SHA-256 of chunks given in order, computed on one helper thread.
 
     ``hashlib`` releases the GIL on large buffers, so the hash of one chunk runs while the

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from mlflow_archive_plugin.errors import CorruptArchiveError, ModelNotFoundError
+from mlflow_archive_plugin.served import stream_from_server
 from mlflow_archive_plugin.snapshot import (
     Lineage,
     LoggedModelInfo,
@@ -46,12 +47,15 @@ def read_model(
     *,
     tracking_uri: str | None = None,
     registry_uri: str | None = None,
+    stream: bool = True,
 ) -> Snapshot:
     """Resolve ``model_uri``, download its files into ``download_dir`` and collect its metadata.
 
     Where the model's files already sit on this machine (a local artifact store), the snapshot
     points at them where they are, to be read once by the archive writer rather than copied
-    first; nothing on the export path writes into ``model_dir``.
+    first; nothing on the export path writes into ``model_dir``. Behind a server's artifact
+    proxy, with ``stream``, large files are left to be streamed by the archive writer
+    (``Snapshot.deferred``).
     """
     tracking_uri = resolve_tracking_uri(tracking_uri)
     registry_uri = registry_uri or tracking_uri
@@ -70,9 +74,14 @@ def read_model(
             logged_info.run_output_step = _output_step(client, run.run_id, logged.model_id)
         else:
             logged_info = _logged_info(logged) if logged is not None else None
-        model_dir = _local_model_dir(files_uri) or _download(
-            files_uri, download_dir, tracking_uri, registry_uri
-        )
+        model_dir = _local_model_dir(files_uri)
+        deferred: dict = {}
+        if model_dir is None and stream:
+            streamed = stream_from_server(files_uri, download_dir, tracking_uri, registry_uri)
+            if streamed is not None:
+                model_dir, deferred = _checked_model_dir(download_dir, files_uri), streamed
+        if model_dir is None:
+            model_dir = _download(files_uri, download_dir, tracking_uri, registry_uri)
     return Snapshot(
         model_dir=model_dir,
         mlmodel=_mlmodel(model_dir),
@@ -89,6 +98,7 @@ def read_model(
         model_version=_version_info(version) if version is not None else None,
         logged_model=logged_info,
         run=run,
+        deferred=deferred,
     )
 
 
@@ -293,7 +303,10 @@ def _download(files_uri: str, download_dir: Path, tracking_uri: str, registry_ur
             tracking_uri=tracking_uri,
             registry_uri=registry_uri,
         )
-    path = Path(local)
+    return _checked_model_dir(Path(local), files_uri)
+
+
+def _checked_model_dir(path: Path, files_uri: str) -> Path:
     if not (path / "MLmodel").is_file():
         raise ModelNotFoundError(
             f"{redact_uri(files_uri)} holds no MLmodel file; point at an MLflow model"

@@ -21,6 +21,8 @@ from mlflow.entities import LoggedModelOutput, Metric, Param
 from mlflow.exceptions import MlflowException
 
 from mlflow_archive_plugin.errors import TrackingServerError, UnsupportedError, VersionExistsError
+from mlflow_archive_plugin.extents import Extent, materialize
+from mlflow_archive_plugin.served import proxied_repository, upload_through_proxy
 from mlflow_archive_plugin.snapshot import Snapshot
 from mlflow_archive_plugin.tracking import (
     MLFLOW_MODEL_VERSIONS,
@@ -96,8 +98,13 @@ def register(
     aliases: bool = True,
     tracking_uri: str | None = None,
     registry_uri: str | None = None,
+    extents: dict[Path, Extent] | None = None,
 ) -> Registered:
-    """Recreate ``snapshot`` as a registered model version; idempotent by archive ``digest``."""
+    """Recreate ``snapshot`` as a registered model version; idempotent by archive ``digest``.
+
+    ``extents`` are model files left in the archive (placeholders in ``model_dir``): they are
+    uploaded from there.
+    """
     target = name or snapshot.display_name
     tracking_uri = resolve_tracking_uri(tracking_uri)
     client = connect(tracking_uri, registry_uri)
@@ -123,21 +130,21 @@ def register(
                 MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true"
             ):
                 return _create_all(client, created, snapshot, digest, target, experiment,
-                                   aliases, imported)
+                                   aliases, imported, extents or {})
         except BaseException:
             created.roll_back()
             raise
 
 
 def _create_all(client, created, snapshot, digest, target, experiment, aliases,
-                imported) -> Registered:
+                imported, extents) -> Registered:
     experiment_id = _experiment_id(client, experiment or target)
     _remove_killed_imports(client, experiment_id, digest, imported)
     run_id = _create_run(client, created, snapshot, experiment_id, digest)
     model_id = _create_logged_model(client, created, snapshot, experiment_id, run_id, digest)
     _log_metrics(client, run_id, snapshot, model_id)
     _finish_run(client, run_id, snapshot)
-    _upload_files(client, model_id, snapshot.model_dir)
+    _upload_files(client, model_id, snapshot.model_dir, extents)
     _ensure_registered_model(client, created, snapshot, target)
     version = client.create_model_version(
         name=target,
@@ -378,8 +385,15 @@ def _finish_run(client, run_id: str | None, snapshot: Snapshot) -> None:
         client.set_terminated(run_id, status=run.status, end_time=run.end_time)
 
 
-def _upload_files(client: MlflowClient, model_id: str, model_dir: Path) -> None:
-    client.log_model_artifacts(model_id, str(model_dir))
+def _upload_files(client: MlflowClient, model_id: str, model_dir: Path,
+                  extents: dict[Path, Extent]) -> None:
+    mine = {path: extent for path, extent in extents.items() if model_dir in path.parents}
+    repo = proxied_repository(client, model_id) if mine else None
+    if repo is None:
+        materialize(mine)  # a store MLflow writes itself: give it the files
+        client.log_model_artifacts(model_id, str(model_dir))
+    else:
+        upload_through_proxy(repo, model_dir, mine)
     expected = {
         path.relative_to(model_dir).as_posix(): path.stat().st_size
         for path in model_dir.rglob("*") if path.is_file()

@@ -21,12 +21,13 @@ import os
 import re
 import threading
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from mlflow_archive_plugin.errors import UnsafeArchiveError, UnsupportedError
+from mlflow_archive_plugin.extents import Extent, open_model_file
 
 __all__ = [
     "INSTALL_HINT",
@@ -124,13 +125,14 @@ class PickleFinding:
 # --------------------------------------------------------------------------- finding files
 
 
-def find_pickle_files(root: Path) -> list[str]:
+def find_pickle_files(root: Path, extents: Mapping[Path, Extent] | None = None) -> list[str]:
     """List the pickle-based files below ``root`` as sorted POSIX paths relative to it.
 
     A file counts when its suffix is in :data:`PICKLE_EXTENSIONS`, when it starts with a
     pickle PROTO header, when it is a ``.npy`` (or NumPy-format) file of object dtype, or
     when it is a zip (PyTorch's format, ``.npz``) holding such a member. Only headers are
-    read. Symbolic links are neither followed nor listed.
+    read. Symbolic links are neither followed nor listed. Files left in the archive
+    (``extents``, by placeholder path) are read from there.
     """
     root = Path(root)
     found: list[str] = []
@@ -139,17 +141,17 @@ def find_pickle_files(root: Path) -> list[str]:
             path = Path(dirpath, filename)
             if path.is_symlink() or not path.is_file():
                 continue
-            if _is_pickle_based(path):
+            if _is_pickle_based(path, extents):
                 found.append(path.relative_to(root).as_posix())
     return sorted(found)
 
 
-def _is_pickle_based(path: Path) -> bool:
+def _is_pickle_based(path: Path, extents: Mapping[Path, Extent] | None = None) -> bool:
     suffix = path.suffix.lower()
     if suffix in PICKLE_EXTENSIONS:
         return True
     try:
-        with path.open("rb") as fh:
+        with open_model_file(path, extents) as fh:
             head = fh.read(_HEAD_SIZE)
             if head.startswith(_PICKLE_HEADERS):
                 return True
@@ -217,7 +219,8 @@ def _zip_holds_pickles(fh: IO[bytes]) -> bool:
 # --------------------------------------------------------------------------- scanning
 
 
-def scan_pickles(root: Path, paths: list[str] | None = None) -> list[PickleFinding]:
+def scan_pickles(root: Path, paths: list[str] | None = None,
+                 extents: Mapping[Path, Extent] | None = None) -> list[PickleFinding]:
     """Report the globals each pickle-based file below ``root`` would import.
 
     ``paths`` (POSIX, relative to ``root``) defaults to :func:`find_pickle_files`. The
@@ -227,9 +230,9 @@ def scan_pickles(root: Path, paths: list[str] | None = None) -> list[PickleFindi
     """
     root = Path(root)
     if paths is None:
-        paths = find_pickle_files(root)
+        paths = find_pickle_files(root, extents)
     scan_bytes = _load_scanner()
-    return [_scan_one(root, rel, scan_bytes) for rel in paths]
+    return [_scan_one(root, rel, scan_bytes, extents) for rel in paths]
 
 
 def _load_scanner() -> Any:
@@ -242,7 +245,8 @@ def _load_scanner() -> Any:
     return scan_bytes
 
 
-def _scan_one(root: Path, rel: str, scan_bytes: Any) -> PickleFinding:
+def _scan_one(root: Path, rel: str, scan_bytes: Any,
+              extents: Mapping[Path, Extent] | None = None) -> PickleFinding:
     relative = PurePosixPath(rel.replace("\\", "/"))
     if relative.is_absolute() or ".." in relative.parts or not relative.parts:
         return PickleFinding(rel, error="path is outside the scanned folder")
@@ -254,7 +258,7 @@ def _scan_one(root: Path, rel: str, scan_bytes: Any) -> PickleFinding:
 
     with _picklescan_log() as records:
         try:
-            with path.open("rb") as fh:
+            with open_model_file(path, extents) as fh:
                 result = scan_bytes(fh, rel, path.suffix.lower())
         except Exception as exc:
             # picklescan raises on several kinds of malformed input; for a scan, a file

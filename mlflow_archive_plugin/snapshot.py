@@ -124,6 +124,10 @@ class Snapshot:
     encryption: dict[str, Any] | None = None
     # Export only, never in the document: where the encrypted copies of model_dir's files are.
     sealed_dir: Path | None = None
+    # Export only, never in the document: model files not downloaded yet. Each path in
+    # model_dir is a placeholder of the file's size; the archive writer streams the file from
+    # the server instead (see ``served.py``).
+    deferred: dict[Path, Any] = field(default_factory=dict)
     # Import only, never in the document: what reading the archive could not keep, one line
     # each, reported with the import's warnings.
     warnings: list[str] = field(default_factory=list)

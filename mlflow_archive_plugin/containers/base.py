@@ -106,11 +106,15 @@ class GuardedStream:
     one :class:`CorruptArchiveError` naming the member."""
 
     def __init__(self, stream: BinaryIO, name: str, errors: tuple[type[BaseException], ...],
-                 problem: str) -> None:
+                 problem: str, offset: int | None = None, size: int | None = None) -> None:
         self._stream = stream
         self._name = name
         self._errors = errors
         self._problem = problem
+        # Where the member's bytes lie, as they are, in the archive file (a stored zip entry,
+        # a plain tar's member), and how many they are; None when they are compressed.
+        self.offset = offset
+        self.size = size
 
     def read(self, size: int = -1) -> bytes:
         """Read like the wrapped stream, naming the member on failure."""

@@ -123,6 +123,7 @@ class TarReader(ContainerReader):
     members, and a stream that ends without tar's end-of-archive zero blocks."""
 
     def __init__(self, source: BinaryIO, container: str = "tar") -> None:
+        self._plain = container == "tar"
         try:
             self._data = _TailKeeper(_DECOMPRESSORS[container](source))
             self._tar = tarfile.open(fileobj=self._data, mode="r|")  # noqa: SIM115
@@ -156,7 +157,11 @@ class TarReader(ContainerReader):
                     f"refused archive entry {member.name!r}: {kind}; the archive is unsafe"
                 )
             stream = self._tar.extractfile(member)
-            yield name, GuardedStream(stream, name, _STREAM_ERRORS, "archive truncated or damaged")
+            # In an uncompressed tar a member's bytes are one run in the file (sparse members
+            # aside).
+            offset = member.offset_data if self._plain and not member.issparse() else None
+            yield name, GuardedStream(stream, name, _STREAM_ERRORS, "archive truncated or damaged",
+                                      offset, member.size)
 
     def _check_end(self, last: str | None) -> None:
         """tarfile takes a bad or missing header after the first member for the end of the

@@ -35,13 +35,31 @@ _READ_ERRORS = (
 )
 
 
-def _choose_compression(src: Path) -> int:
-    with src.open("rb") as handle:
-        sample = handle.read(_SAMPLE)
+def _compression_for(sample: bytes) -> int:
+    """Deflate what a sample of the file shows to be worth it; store the rest."""
     if len(sample) < 512:
         return zipfile.ZIP_DEFLATED
     shrunk = len(zlib.compress(sample, 1))
     return zipfile.ZIP_DEFLATED if shrunk < _WORTH_DEFLATING * len(sample) else zipfile.ZIP_STORED
+
+
+class _Prefixed:
+    """A stream whose first bytes were already read (``head``): read gives them back first."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = head
+        self._rest = rest
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes, the head's first."""
+        head = self._head
+        if not head:
+            return self._rest.read(size)
+        if 0 <= size < len(head):
+            self._head = head[size:]
+            return head[:size]
+        self._head = b""
+        return head + self._rest.read(-1 if size < 0 else size - len(head))
 
 
 def _zip_time(seconds: float) -> tuple[int, int, int, int, int, int]:
@@ -63,10 +81,15 @@ class ZipWriter(ContainerWriter):
     def add_file(self, arcname: str, src: Path, on_bytes: ProgressCallback = None) -> FileRecord:
         info = zipfile.ZipInfo(arcname, _zip_time(src.stat().st_mtime))
         info.file_size = src.stat().st_size
-        info.compress_type = zipfile.ZIP_STORED if self._store_only else _choose_compression(src)
         info.external_attr = (stat.S_IFREG | 0o644) << 16
-        with src.open("rb") as source, self._zip.open(info, "w") as sink:
-            size, digest = copy_and_hash(source, sink, on_bytes)
+        # One open: the sample that decides the compression is the file's first bytes, so a
+        # file streamed from a server is requested once.
+        with src.open("rb") as source:
+            head = source.read(_SAMPLE)
+            info.compress_type = (zipfile.ZIP_STORED if self._store_only
+                                  else _compression_for(head))
+            with self._zip.open(info, "w") as sink:
+                size, digest = copy_and_hash(_Prefixed(head, source), sink, on_bytes)
         return FileRecord(arcname, size, digest)
 
     def add_bytes(self, arcname: str, data: bytes) -> FileRecord:
@@ -109,8 +132,12 @@ class ZipReader(ContainerReader):
                 # verify would never see the entries after this one.
                 yield name, _Unreadable(CorruptArchiveError(f"{name}: damaged zip entry ({exc})"))
                 continue
+            stored = info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1
+            # ZipExtFile notes where the entry's data begins once past its local header.
+            offset = getattr(stream, "_orig_compress_start", None) if stored else None
             with stream:
-                yield name, GuardedStream(stream, name, _READ_ERRORS, "damaged zip entry")
+                yield name, GuardedStream(stream, name, _READ_ERRORS, "damaged zip entry",
+                                          offset, info.file_size)
 
     def close(self) -> None:
         self._zip.close()

@@ -1,0 +1,165 @@
+"""Model files read where they lie inside an archive, instead of extracted to disk first.
+
+A zip entry that is stored (not deflated) and a member of an uncompressed tar are one run of
+bytes in the archive file. Reading an archive for import, such entries past a size are hashed
+(verified) but not written out: the extraction folder gets a sparse placeholder of the right
+size, and the :class:`Extent` says where the bytes are. What reads model files on import takes
+them from there: the pickle scanner through :func:`open_extent`, the upload to a server's
+artifact proxy through :class:`UploadBody`, which hashes the bytes again as they are sent.
+Anything else first calls :func:`materialize`, which fills the placeholders in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from mlflow_archive_plugin.errors import IntegrityError
+from mlflow_archive_plugin.integrity import CHUNK_SIZE, Sha256Behind
+
+# Entries at least this large are left in place, unless their suffix marks a document that
+# a layout reads from the extracted folder.
+IN_PLACE_MIN_BYTES = 1024 * 1024
+_DOCUMENT_SUFFIXES = frozenset({".json", ".yaml", ".yml", ".txt", ".md", ".py", ".cfg", ".toml",
+                                ".sig"})
+
+
+def stays_in_place(name: str, size: int) -> bool:
+    """Whether an entry of this name and size is read where it lies rather than extracted."""
+    return (size >= IN_PLACE_MIN_BYTES
+            and PurePosixPath(name).suffix.lower() not in _DOCUMENT_SUFFIXES
+            and PurePosixPath(name).name != "MLmodel")
+
+
+@dataclass(frozen=True)
+class Extent:
+    """``size`` bytes of one model file at ``offset`` in the local file ``path``, with the
+    SHA-256 measured when the archive was verified."""
+
+    path: str
+    offset: int
+    size: int
+    sha256: str
+
+
+class _ExtentRaw(io.RawIOBase):
+    """A read-only, seekable view of one extent."""
+
+    def __init__(self, extent: Extent) -> None:
+        self._extent = extent
+        self._fd = os.open(extent.path, os.O_RDONLY)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def take(self, count: int) -> bytes:
+        """Up to ``count`` bytes from the current position, as one new bytes object."""
+        count = min(count, self._extent.size - self._pos)
+        if count <= 0:
+            return b""
+        data = os.pread(self._fd, count, self._extent.offset + self._pos)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.take(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._extent.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def open_extent(extent: Extent) -> io.BufferedReader:
+    """The extent's bytes as a seekable binary file."""
+    return io.BufferedReader(_ExtentRaw(extent), CHUNK_SIZE)
+
+
+def open_model_file(path: Path, extents: Mapping[Path, Extent] | None) -> io.BufferedIOBase:
+    """``path`` for reading: from the archive where it was left in place, else from disk."""
+    extent = (extents or {}).get(path)
+    return open_extent(extent) if extent is not None else path.open("rb")
+
+
+def materialize(extents: dict[Path, Extent]) -> None:
+    """Fill every placeholder in with its bytes (checked against the verified hash), for
+    work that reads the extracted files themselves: decrypting, checking a signature,
+    keeping a foreign archive's files."""
+    for path, extent in list(extents.items()):
+        digest = hashlib.sha256()
+        with open_extent(extent) as source, path.open("r+b") as sink:
+            while chunk := source.read(CHUNK_SIZE):
+                digest.update(chunk)
+                sink.write(chunk)
+        _check(path.name, extent, digest.hexdigest())
+        del extents[path]
+
+
+class UploadBody:
+    """An extent as an HTTP request body: read in whatever sizes the client asks for, read
+    from disk and hashed a MiB at a time, and checked against the verified hash at the end.
+    A file changed between verification and upload fails the upload (and so the import)."""
+
+    def __init__(self, extent: Extent, label: str) -> None:
+        self._extent = extent
+        self._label = label
+        self._raw = _ExtentRaw(extent)
+        self._digest = Sha256Behind()  # hashes each MiB while the client sends it
+        self._buffer = memoryview(b"")
+        self._sent = 0
+        # Why the body stopped short, for the caller: HTTP clients wrap what read() raises.
+        self.error: IntegrityError | None = None
+
+    def __len__(self) -> int:
+        return self._extent.size - self._sent
+
+    def tell(self) -> int:
+        return self._sent
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes; ``b""`` at the end, once the hash has been checked."""
+        if not self._buffer:
+            chunk = self._raw.take(CHUNK_SIZE)
+            if not chunk:
+                try:
+                    _check(self._label, self._extent, self._digest.hexdigest())
+                except IntegrityError as exc:
+                    self.error = exc
+                    raise
+                return b""
+            self._digest.update(chunk)
+            self._buffer = memoryview(chunk)
+        take = len(self._buffer) if size is None or size < 0 else min(size, len(self._buffer))
+        data, self._buffer = bytes(self._buffer[:take]), self._buffer[take:]
+        self._sent += len(data)
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+        self._digest.close()
+
+
+def _check(label: str, extent: Extent, digest: str) -> None:
+    if digest != extent.sha256:
+        raise IntegrityError(
+            f"{label}: changed in {extent.path} after it was verified; import it again",
+            [f"{label}: content differs from the verified archive"],
+        )
