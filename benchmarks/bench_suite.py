@@ -12,7 +12,9 @@ served artifacts). Rows:
 - ``floor``: Python's zipfile STORED plus hashlib.sha256 of the downloaded model's files;
   ``tar``: ``sha256sum`` then ``tar -cf`` of them; ``archiver``: the real torch-model-archiver
   (from ``--torchserve-python``; the row is skipped, saying why, when it is absent) and
-  ``model-archiver``: the plugin's drop-in with the same flags; ``download`` / ``log-artifacts``:
+  ``model-archiver``: the plugin's drop-in with the same flags; ``curl``: ``curl`` of the
+  weights file alone through the source server's artifact proxy into /dev/null (how fast the
+  server sends); ``download`` / ``log-artifacts``:
   ``mlflow artifacts download`` of the model from the source server and ``mlflow artifacts
   log-artifacts`` of its files into the target server;
 - ``migration`` (unless ``--skip-migration``): a registry of ``--migration-models`` small
@@ -350,6 +352,15 @@ def archiver_job(python: str, module: str) -> Callable[[Bench], Job]:
     return job
 
 
+def curl_job(bench: Bench) -> Job:
+    """The weights alone through the source server's artifact proxy, bytes thrown away: how
+    fast the server sends, with no client work beside receiving."""
+    stored = next(bench.source.artifacts.rglob("weights.bin"))
+    url = (f"{bench.source.url}/api/2.0/mlflow-artifacts/artifacts/"
+           f"{stored.relative_to(bench.source.artifacts).as_posix()}")
+    return Job(["curl", "-sS", "--fail", "--noproxy", "*", "-o", "/dev/null", url])
+
+
 def download_job(bench: Bench) -> Job:
     out = bench.out("download")
     return Job(mlflow_cli("artifacts", "download", "-u", bench.model_uri, "-d", str(out)),
@@ -402,6 +413,7 @@ def make_rows(torchserve_python: str) -> dict[str, Row]:
             archiver_job(torchserve_python, "model_archiver.model_packaging"), missing),
         Row("model-archiver", "mlflow-model-archiver (same flags)", True,
             archiver_job(sys.executable, "mlflow_archive_plugin.torchserve.archiver")),
+        Row("curl", "curl GET of the weights via the proxy", False, curl_job),
         Row("download", "mlflow artifacts download", False, download_job),
         Row("log-artifacts", "mlflow artifacts log-artifacts", False, log_artifacts_job),
         Row("write", "archive writer only, mlflow zip, no server", True, write_job),
@@ -617,6 +629,10 @@ def print_goals(args: argparse.Namespace, rows: dict[str, Row], results: dict[st
     if write is not None and floor:
         print(f"        (the archive writer alone, on the same local files: "
               f"{write / floor:.2f}x the floor)")
+    curl = seconds("curl")
+    if curl is not None and floor:
+        print(f"        (the server's artifact proxy alone, curl of the weights to /dev/null: "
+              f"{curl / floor:.2f}x the floor; an export cannot beat it)")
     imported = seconds("import-mlflow")
     if imported is not None and log_artifacts:
         ratio = imported / log_artifacts
