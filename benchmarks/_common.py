@@ -145,8 +145,12 @@ class MlflowServer:
             self.process.wait(timeout=15)
 
 
-def start_mlflow_server(python: str, root: Path, workers: int = 1) -> MlflowServer:
-    """Start ``mlflow server`` on a free loopback port, as the tests do; wait for /health."""
+def start_mlflow_server(python: str, root: Path, workers: int = 1,
+                        served: bool = True) -> MlflowServer:
+    """Start ``mlflow server`` on a free loopback port, as the tests do; wait for /health.
+
+    With ``served`` (the default) clients reach artifacts through the server's proxy;
+    without, the artifact root is a local folder clients read and write themselves."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [
@@ -154,7 +158,8 @@ def start_mlflow_server(python: str, root: Path, workers: int = 1) -> MlflowServ
         "--host", "127.0.0.1",
         "--port", str(port),
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
+        *(["--artifacts-destination", str(root / "artifacts")] if served else
+          ["--default-artifact-root", str(root / "artifacts"), "--no-serve-artifacts"]),
         "--workers", str(workers),
     ]  # fmt: skip
     with (root / "server.log").open("wb") as log:
