@@ -230,8 +230,9 @@ class MlflowServer:
             self.process.wait(timeout=15)
 
 
-def start_mlflow_server(root: Path) -> MlflowServer:
-    """Start ``mlflow server`` on a free loopback port and wait until /health answers 200."""
+def start_mlflow_server(root: Path, **env: str) -> MlflowServer:
+    """Start ``mlflow server`` on a free loopback port and wait until /health answers 200;
+    ``env`` adds variables to its environment."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = root / "server.log"
@@ -248,7 +249,7 @@ def start_mlflow_server(root: Path) -> MlflowServer:
         process = subprocess.Popen(
             command,
             cwd=str(root),
-            env=child_env(),
+            env=child_env(**env),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
