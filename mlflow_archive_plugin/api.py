@@ -269,8 +269,11 @@ def import_archive(
 
     The archive is extracted into a fresh temporary folder and verified against its
     ``checksum.txt`` (and, with ``verify_key``, its model-signing signature) before anything
-    is created. Pickle files are listed with the globals they import; ``scan="strict"``
-    refuses dangerous or unknown ones, ``"warn"`` reports them in ``warnings``. Nothing in
+    is created, except files of 1 MiB or more that a local archive stores as they are: those
+    are uploaded straight from the archive and verified as they go, before the version is
+    created; a mismatch undoes the run and LoggedModel made so far. Pickle files are
+    listed with the globals they import; ``scan="strict"`` refuses dangerous or unknown
+    ones, ``"warn"`` reports them in ``warnings``. Nothing in
     the archive is unpickled or run. Importing the same archive again returns the version
     made the first time (``on_exists="reuse"``); ``"new"`` registers another, ``"fail"``
     raises :class:`~mlflow_archive_plugin.errors.VersionExistsError`. ``limits`` bounds what
@@ -289,7 +292,7 @@ def import_archive(
     probe(resolve_tracking_uri(tracking_uri))
     with (
         fetched(resolve(source, storage_options)) as location,
-        _extracted(location, progress, limits, keep_going=False, in_place=True)
+        _extracted(location, progress, limits, keep_going=False, in_place="unread")
         as (root, scanned),
         tempfile.TemporaryDirectory(prefix="mlflow-archive-model-") as wrapped,
     ):
@@ -450,13 +453,18 @@ def _container_for(path: str, requested: str | None, layout: Layout) -> str:
 
 @contextlib.contextmanager
 def _extracted(location, progress, limits, *, keep_going: bool,
-               in_place: bool = False) -> Iterator[tuple[Path, Scanned]]:
-    """The archive extracted (safely, staged) into a temporary folder removed afterwards;
-    with ``in_place``, large stored entries stay in the archive (``Scanned.extents``)."""
+               in_place: str | None = None) -> Iterator[tuple[Path, Scanned]]:
+    """The archive extracted (safely, staged) into a temporary folder removed afterwards.
+
+    With ``in_place``, large stored entries stay in the archive (``Scanned.extents``):
+    ``"verified"`` hashes them now, ``"unread"`` leaves them to be checked against
+    ``checksum.txt`` as they are read (uploaded) later."""
     with tempfile.TemporaryDirectory(prefix="mlflow-archive-") as scratch:
         root = Path(scratch)
         scanned = scan_archive(location, extract_to=root, keep_going=keep_going,
-                               show_progress=progress, limits=limits, in_place=in_place)
+                               show_progress=progress, limits=limits,
+                               in_place=in_place is not None,
+                               verify_in_place=in_place != "unread")
         yield root, scanned
 
 
@@ -469,7 +477,8 @@ def inspect_archive(
     """Describe the archive at ``source``: layout, container, metadata, files, pickles and
     problems, without talking to MLflow and without unpickling or running anything."""
     location = resolve(source, storage_options)
-    with _extracted(location, False, limits, keep_going=True, in_place=True) as (root, scanned):
+    with _extracted(location, False, limits, keep_going=True, in_place="verified") as (
+            root, scanned):
         findings = scan_pickles(root, extents=scanned.extents_under(root))
         metadata = _parse_metadata(scanned.captured.get(METADATA_NAME))
         if metadata:

@@ -65,9 +65,11 @@ class Scanned:
     problems: list[str] = field(default_factory=list)
     # The one folder every entry sat under (``name/`` in a .mar's tgz), removed from names.
     prefix: str = ""
-    # Entries verified but left in the archive file (``in_place``), by name; the extraction
-    # folder holds a placeholder of each.
+    # Entries left in the archive file (``in_place``), by name; the extraction folder holds a
+    # placeholder of each. Their sha256 is the one measured, or, for entries not read
+    # (``verify_in_place=False``), the one checksum.txt lists, to be checked when they are.
     extents: dict[str, Extent] = field(default_factory=dict)
+    unread: set[str] = field(default_factory=set)
 
     def extents_under(self, root: Path) -> dict[Path, Extent]:
         """The extents by the path of their placeholder below the extraction folder."""
@@ -134,14 +136,18 @@ class _Budget:
             _refuse(name, f"more than {self._limits.max_members} files "
                           "(raise the limit with --max-members if you trust the archive)")
 
-    def __call__(self, count: int) -> None:
+    def __call__(self, count: int, *, unread: bool = False) -> None:
+        """Count ``count`` bytes produced. ``unread`` ones (a stored entry left in the
+        archive) count towards the total but skip the ratio: the compressed bytes consumed
+        catch up only when the next entry is read, and a stored entry expands nothing."""
         self.produced += count
         limits = self._limits
         if self.produced > limits.max_total_bytes:
             _refuse(self.entry, f"the archive holds more than {limits.max_total_bytes} "
                                 "bytes (raise --max-size if you trust the archive)")
         if (
-            self._consumed is not None
+            not unread
+            and self._consumed is not None
             and self.produced > limits.ratio_floor_bytes
             and self.produced > limits.max_ratio * max(1, self._consumed())
         ):
@@ -238,6 +244,7 @@ def scan_archive(
     show_progress: bool | None = None,
     limits: ReadLimits | None = None,
     in_place: bool = False,
+    verify_in_place: bool = True,
 ) -> Scanned:
     """Read every entry once, hashing it and (with ``extract_to``) extracting it there.
 
@@ -245,7 +252,9 @@ def scan_archive(
     place only once the whole archive has been read, so a refused or damaged archive leaves
     ``extract_to`` as it was. With ``keep_going`` a damaged entry is recorded as a problem and
     reading goes on where the container allows it. With ``in_place``, large entries stored
-    as they are in a local archive file are verified but not extracted (see ``extents.py``).
+    as they are in a local archive file are verified but not extracted (see ``extents.py``);
+    without ``verify_in_place`` they are not even read, and whoever reads them later checks
+    them against the sha256 their record and extent then carry, from ``checksum.txt``.
     """
     staging = None
     if extract_to is not None:
@@ -253,8 +262,9 @@ def scan_archive(
         staging.mkdir()
     try:
         scanned = _scan(location, staging, keep_going, show_progress, limits or ReadLimits(),
-                        in_place and location.is_local)
+                        in_place and location.is_local, verify_in_place)
         _strip_wrapper_folder(scanned)
+        _expect_listed_digests(scanned)
         if staging is not None:
             for child in (staging / scanned.prefix).iterdir():
                 child.rename(extract_to / child.name)
@@ -265,7 +275,7 @@ def scan_archive(
 
 
 def _scan(location: Location, staging: Path | None, keep_going: bool, show_progress,
-          limits: ReadLimits, in_place: bool = False) -> Scanned:
+          limits: ReadLimits, in_place: bool = False, verify_in_place: bool = True) -> Scanned:
     with open_source(location) as (container, source):
         _check_extension(location, container)
         scanned = Scanned(container)
@@ -281,7 +291,8 @@ def _scan(location: Location, staging: Path | None, keep_going: bool, show_progr
             budget = _Budget(limits, consumed, on_bytes)
             try:
                 _scan_entries(reader.entries(), scanned, staging, keep_going, budget,
-                              location.path if in_place and staging is not None else None)
+                              location.path if in_place and staging is not None else None,
+                              verify_in_place)
             except CorruptArchiveError as exc:
                 if not keep_going:
                     raise
@@ -326,6 +337,7 @@ def _strip_wrapper_folder(scanned: Scanned) -> None:
     scanned.captured = {name.removeprefix(prefix): data for name, data in scanned.captured.items()}
     scanned.extents = {name.removeprefix(prefix): extent
                        for name, extent in scanned.extents.items()}
+    scanned.unread = {name.removeprefix(prefix) for name in scanned.unread}
 
 
 def _is_captured(name: str) -> bool:
@@ -383,14 +395,18 @@ class _NameGuard:
 
 
 def _scan_entries(entries, scanned: Scanned, staging, keep_going, budget: _Budget,
-                  archive_path: str | None = None) -> None:
+                  archive_path: str | None = None, verify_in_place: bool = True) -> None:
     guard = _NameGuard()
     for name, stream in entries:
         budget.start(name)
         guard.admit(name)
         try:
             if archive_path is not None and _left_in_place(name, stream):
-                record = _verify_in_place(name, stream, staging, budget)
+                if verify_in_place:
+                    record = _verify_in_place(name, stream, staging, budget)
+                else:
+                    record = _leave_unread(name, stream, staging, budget)
+                    scanned.unread.add(name)
                 scanned.extents[name] = Extent(archive_path, stream.offset, record.size,
                                                record.sha256)
                 captured = b""
@@ -435,11 +451,38 @@ def _verify_in_place(name: str, stream, staging: Path, on_bytes) -> FileRecord:
     if size != stream.size:
         raise CorruptArchiveError(f"{name}: holds {size} bytes but its header says "
                                   f"{stream.size}; the archive is damaged")
-    target = staging / name
+    _placeholder(staging / name, size)
+    return FileRecord(name, size, digest)
+
+
+def _leave_unread(name: str, stream, staging: Path, budget: _Budget) -> FileRecord:
+    """An entry left in the archive without reading it: its size counts against the limits
+    now, its hash comes from checksum.txt once that has been read."""
+    budget(stream.size, unread=True)
+    _placeholder(staging / name, stream.size)
+    return FileRecord(name, stream.size, "")
+
+
+def _placeholder(target: Path, size: int) -> None:
+    """A sparse file of ``size`` bytes: it takes no disk space."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("xb") as placeholder:
         placeholder.truncate(size)
-    return FileRecord(name, size, digest)
+
+
+def _expect_listed_digests(scanned: Scanned) -> None:
+    """Give each entry that was not read the sha256 checksum.txt lists for it (none if it
+    lists none: the entry is then an extra file, which verification reports)."""
+    if not scanned.unread:
+        return
+    try:
+        listed = parse_checksums(scanned.captured.get(CHECKSUM_NAME, b""))
+    except CorruptArchiveError:
+        listed = {}  # verification reports the damaged checksum.txt itself
+    for name in scanned.unread:
+        expected = listed.get(name, "")
+        scanned.records[name] = dataclasses.replace(scanned.records[name], sha256=expected)
+        scanned.extents[name] = dataclasses.replace(scanned.extents[name], sha256=expected)
 
 
 def _check_document_size(name: str, size: int) -> None:

@@ -23,10 +23,12 @@ import mlflow
 import numpy as np
 import pytest
 from conftest import global_tracking_uri, registry_census, unique
+from mlflow.entities import ViewType
 
 from mlflow_archive_plugin import api, archive, containers, layouts, location, served
 from mlflow_archive_plugin.errors import ArchiveError, IntegrityError, UnsafeArchiveError
 from mlflow_archive_plugin.extents import Extent
+from mlflow_archive_plugin.integrity import parse_checksums
 from mlflow_archive_plugin.mlflow_source import read_model
 from mlflow_archive_plugin.registry import register
 
@@ -305,11 +307,7 @@ def test_an_archive_changed_after_verification_fails_the_upload_and_registers_no
     scanned = scan_in_place(copy, root)
     snapshot = archive.read_snapshot(root, scanned)
     (extent,) = scanned.extents.values()
-    with copy.open("r+b") as handle:  # one byte of the weights flips after verification
-        handle.seek(extent.offset + extent.size // 2)
-        byte = handle.read(1)
-        handle.seek(-1, 1)
-        handle.write(bytes([byte[0] ^ 0xFF]))
+    flip_a_byte(copy, extent.offset + extent.size // 2)  # after verification
     before = registry_census(server_b.url)
     with pytest.raises(IntegrityError) as raised:
         register(snapshot, archive.archive_digest(scanned), name=unique("changed"),
@@ -318,6 +316,72 @@ def test_an_archive_changed_after_verification_fails_the_upload_and_registers_no
     after = registry_census(server_b.url)
     assert after["model_versions"] == before["model_versions"]
     assert after["registered_models"] == before["registered_models"]
+
+
+def flip_a_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_unread_entries_carry_the_digest_checksum_txt_lists(exported_zip, tmp_path):
+    scanned = archive.scan_archive(location.resolve(str(exported_zip)), extract_to=tmp_path,
+                                   in_place=True, verify_in_place=False, show_progress=False)
+    name = "model/artifacts/weights.bin"
+    assert scanned.unread == {name}
+    listed = parse_checksums(scanned.captured["checksum.txt"])
+    assert scanned.records[name].sha256 == scanned.extents[name].sha256 == listed[name]
+    assert scanned.integrity_problems() == []
+
+
+def test_an_unread_stored_entry_counts_towards_the_size_limit_but_is_no_bomb(tmp_path):
+    weights = random.Random(4).randbytes(WEIGHTS_SIZE)
+    path = tmp_path / "stored.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as made:
+        made.writestr("model/weights.bin", weights)
+        made.writestr("checksum.txt", f"{sha(weights)}  model/weights.bin\n")
+
+    def scan(limits: archive.ReadLimits, root: Path) -> archive.Scanned:
+        root.mkdir()
+        return archive.scan_archive(location.resolve(str(path)), extract_to=root,
+                                    in_place=True, verify_in_place=False, show_progress=False,
+                                    limits=limits)
+
+    # Left unread, the weights have produced bytes before any were consumed; a ratio check
+    # on them would take a stored file for a bomb.
+    scanned = scan(archive.ReadLimits(ratio_floor_bytes=1024, max_ratio=1.5), tmp_path / "a")
+    assert scanned.unread == {"model/weights.bin"}
+    assert scanned.records["model/weights.bin"].sha256 == sha(weights)
+    with pytest.raises(UnsafeArchiveError, match="more than"):
+        scan(archive.ReadLimits(max_total_bytes=WEIGHTS_SIZE - 1), tmp_path / "b")
+
+
+def test_a_damaged_large_entry_fails_the_import_as_it_uploads_and_undoes_it(
+        exported_zip, server_b, tmp_path):
+    damaged = tmp_path / "damaged.zip"
+    damaged.write_bytes(exported_zip.read_bytes())
+    extent = scan_in_place(exported_zip, tmp_path / "probe").extents["model/artifacts/weights.bin"]
+    flip_a_byte(damaged, extent.offset + extent.size // 3)
+    name = unique("damaged-big")
+    client = mlflow.MlflowClient(server_b.url, server_b.url)
+    before = registry_census(server_b.url)
+    with pytest.raises(IntegrityError) as raised:
+        api.import_archive(str(damaged), name=name, tracking_uri=server_b.url, progress=False)
+    assert "weights.bin" in str(raised.value) and "\n" not in str(raised.value)
+    after = registry_census(server_b.url)
+    assert after["model_versions"] == before["model_versions"]
+    assert after["registered_models"] == before["registered_models"]
+    # What the import made before the upload failed is deleted again.
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+    assert runs and all(run.info.lifecycle_stage == "deleted" for run in runs)
+    assert client.search_logged_models([experiment.experiment_id]) == []
+    # The undamaged archive imports under the same name afterwards.
+    imported = api.import_archive(str(exported_zip), name=name, tracking_uri=server_b.url,
+                                  progress=False)
+    assert imported.version == "1"
 
 
 class Dangerous:
