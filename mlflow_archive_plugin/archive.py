@@ -25,7 +25,7 @@ from mlflow_archive_plugin.errors import (
     UnsafeArchiveError,
     UnsupportedError,
 )
-from mlflow_archive_plugin.extents import Extent, stays_in_place
+from mlflow_archive_plugin.extents import Extent, make_placeholder, stays_in_place
 from mlflow_archive_plugin.integrity import (
     CHECKSUM_NAME,
     FileRecord,
@@ -72,8 +72,9 @@ class Scanned:
     unread: set[str] = field(default_factory=set)
 
     def extents_under(self, root: Path) -> dict[Path, Extent]:
-        """The extents by the path of their placeholder below the extraction folder."""
-        return {root / name: extent for name, extent in self.extents.items()}
+        """The extents by the resolved path of their placeholder below the extraction folder
+        (look them up with ``path.resolve()``: a placeholder read as a file gives zeros)."""
+        return {(root / name).resolve(): extent for name, extent in self.extents.items()}
 
     @property
     def digest(self) -> str | None:
@@ -201,8 +202,8 @@ def write_archive(
     ):
         records = [
             dataclasses.replace(
-                writer.add_file(prefix + entry.arcname, served.get(entry.source, entry.source),
-                                on_bytes)
+                writer.add_file(prefix + entry.arcname,
+                                served.get(entry.source.resolve(), entry.source), on_bytes)
                 if entry.source is not None
                 else writer.add_bytes(prefix + entry.arcname, entry.data or b""),
                 path=entry.arcname,
@@ -451,7 +452,7 @@ def _verify_in_place(name: str, stream, staging: Path, on_bytes) -> FileRecord:
     if size != stream.size:
         raise CorruptArchiveError(f"{name}: holds {size} bytes but its header says "
                                   f"{stream.size}; the archive is damaged")
-    _placeholder(staging / name, size)
+    make_placeholder(staging / name, size)
     return FileRecord(name, size, digest)
 
 
@@ -459,15 +460,8 @@ def _leave_unread(name: str, stream, staging: Path, budget: _Budget) -> FileReco
     """An entry left in the archive without reading it: its size counts against the limits
     now, its hash comes from checksum.txt once that has been read."""
     budget(stream.size, unread=True)
-    _placeholder(staging / name, stream.size)
+    make_placeholder(staging / name, stream.size)
     return FileRecord(name, stream.size, "")
-
-
-def _placeholder(target: Path, size: int) -> None:
-    """A sparse file of ``size`` bytes: it takes no disk space."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("xb") as placeholder:
-        placeholder.truncate(size)
 
 
 def _expect_listed_digests(scanned: Scanned) -> None:

@@ -29,7 +29,8 @@ _DOCUMENT_SUFFIXES = frozenset({".json", ".yaml", ".yml", ".txt", ".md", ".py", 
 
 
 def stays_in_place(name: str, size: int) -> bool:
-    """Whether an entry of this name and size is read where it lies rather than extracted."""
+    """Whether a model file of this name and size is read where it lies (in the archive on
+    import, on the server on export) rather than copied to disk first."""
     return (size >= IN_PLACE_MIN_BYTES
             and PurePosixPath(name).suffix.lower() not in _DOCUMENT_SUFFIXES
             and PurePosixPath(name).name != "MLmodel")
@@ -88,6 +89,14 @@ class _ExtentRaw(io.RawIOBase):
         super().close()
 
 
+def make_placeholder(path: Path, size: int) -> None:
+    """A sparse file of ``size`` bytes standing for a file read elsewhere: it takes no disk
+    space, and reading it gives zeros, so whatever reads model files looks it up first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("xb") as placeholder:
+        placeholder.truncate(size)
+
+
 def open_extent(extent: Extent) -> io.BufferedReader:
     """The extent's bytes as a seekable binary file."""
     return io.BufferedReader(_ExtentRaw(extent), CHUNK_SIZE)
@@ -95,7 +104,7 @@ def open_extent(extent: Extent) -> io.BufferedReader:
 
 def open_model_file(path: Path, extents: Mapping[Path, Extent] | None) -> io.BufferedIOBase:
     """``path`` for reading: from the archive where it was left in place, else from disk."""
-    extent = (extents or {}).get(path)
+    extent = (extents or {}).get(path.resolve())
     return open_extent(extent) if extent is not None else path.open("rb")
 
 

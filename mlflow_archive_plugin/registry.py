@@ -387,7 +387,8 @@ def _finish_run(client, run_id: str | None, snapshot: Snapshot) -> None:
 
 def _upload_files(client: MlflowClient, model_id: str, model_dir: Path,
                   extents: dict[Path, Extent]) -> None:
-    mine = {path: extent for path, extent in extents.items() if model_dir in path.parents}
+    inside = model_dir.resolve()
+    mine = {path: extent for path, extent in extents.items() if inside in path.parents}
     repo = proxied_repository(client, model_id) if mine else None
     if repo is None:
         materialize(mine)  # a store MLflow writes itself: give it the files

@@ -19,17 +19,13 @@ import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from mlflow_archive_plugin.errors import ArchiveError, CorruptArchiveError
-from mlflow_archive_plugin.extents import Extent, UploadBody
+from mlflow_archive_plugin.extents import Extent, UploadBody, make_placeholder, stays_in_place
 from mlflow_archive_plugin.integrity import CHUNK_SIZE
 
-# Files at least this large are streamed, unless their suffix marks a document a layout may
-# read while planning (a logged input example, a requirements file).
-STREAM_MIN_BYTES = 1024 * 1024
-_DOCUMENT_SUFFIXES = frozenset({".json", ".yaml", ".yml", ".txt", ".md", ".py", ".cfg", ".toml"})
 _DOWNLOAD_THREADS = 4
 
 
@@ -137,7 +133,7 @@ def stream_from_server(files_uri: str, download_dir: Path, tracking_uri: str,
         return None
     with _served_errors(files_uri):
         listed = _list_files(repo, None)
-    deferred: dict[Path, ServedFile] = {}
+    deferred: dict[Path, ServedFile] = {}  # by resolved path, as the writer looks them up
     small: list[tuple[ServedFile, Path]] = []
     root = download_dir.resolve()
     for rel, size in listed:
@@ -147,10 +143,8 @@ def stream_from_server(files_uri: str, download_dir: Path, tracking_uri: str,
                                       f"{rel!r}")
         local.parent.mkdir(parents=True, exist_ok=True)
         served = ServedFile(repo, rel, size, rel)
-        if size is not None and size >= STREAM_MIN_BYTES and \
-                PurePosixPath(rel).suffix.lower() not in _DOCUMENT_SUFFIXES:
-            with open(local, "wb") as placeholder:
-                placeholder.truncate(size)  # sparse: takes no disk space
+        if size is not None and stays_in_place(rel, size):
+            make_placeholder(local, size)
             deferred[local] = served
         else:
             small.append((served, local))
@@ -208,7 +202,7 @@ def upload_through_proxy(repo: Any, model_dir: Path, extents: dict[Path, Extent]
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         relative = path.relative_to(model_dir).as_posix()
         folder = posixpath.dirname(relative) or None
-        extent = extents.get(path)
+        extent = extents.get(path.resolve())
         if extent is None:
             repo.log_artifact(str(path), folder)
             continue

@@ -15,6 +15,7 @@ import hashlib
 import json
 import random
 import tarfile
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from mlflow_archive_plugin.registry import register
 
 pytestmark = pytest.mark.server
 
-WEIGHTS_SIZE = 3 * 1024 * 1024 + 12345  # past STREAM_MIN_BYTES, not a whole number of chunks
+WEIGHTS_SIZE = 3 * 1024 * 1024 + 12345  # past IN_PLACE_MIN_BYTES, not whole chunks
 KEY = bytes(range(32))
 X = np.arange(6, dtype=np.float64).reshape(2, 3)
 
@@ -382,6 +383,23 @@ def test_a_damaged_large_entry_fails_the_import_as_it_uploads_and_undoes_it(
     imported = api.import_archive(str(exported_zip), name=name, tracking_uri=server_b.url,
                                   progress=False)
     assert imported.version == "1"
+
+
+def test_through_a_symlinked_temporary_folder_every_byte_is_still_the_real_one(
+        served_model, server_b, tmp_path, monkeypatch):
+    # Placeholders are looked up by resolved path; a temporary folder reached through a
+    # link must not turn a lookup into a miss (and a placeholder's zeros into the model).
+    real = tmp_path / "real-tmp"
+    real.mkdir()
+    (tmp_path / "linked-tmp").symlink_to(real)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "linked-tmp"))
+    exported = api.export_model(served_model.uri, tmp_path / "out.zip",
+                                tracking_uri=served_model.url, progress=False)
+    assert_holds(archive_members(Path(exported.location)), served_model)
+    imported = api.import_archive(exported.location, name=unique("linked-tmp"),
+                                  tracking_uri=server_b.url, progress=False)
+    assert [sha(data) for data in uploaded_weights(server_b, imported.model_uri)] == \
+        [sha(served_model.weights)]
 
 
 class Dangerous:
