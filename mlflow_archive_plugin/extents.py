@@ -1,12 +1,15 @@
 """Model files read where they lie inside an archive, instead of extracted to disk first.
 
 A zip entry that is stored (not deflated) and a member of an uncompressed tar are one run of
-bytes in the archive file. Reading an archive for import, such entries past a size are hashed
-(verified) but not written out: the extraction folder gets a sparse placeholder of the right
-size, and the :class:`Extent` says where the bytes are. What reads model files on import takes
-them from there: the pickle scanner through :func:`open_extent`, the upload to a server's
-artifact proxy through :class:`UploadBody`, which hashes the bytes again as they are sent.
-Anything else first calls :func:`materialize`, which fills the placeholders in.
+bytes in the archive file. Reading an archive for import, such entries past a size are not
+written out: the extraction folder gets a sparse placeholder of the right size, and the
+:class:`Extent` says where the bytes are and what sha256 they must have (measured by
+``inspect``, listed in ``checksum.txt`` for an import, which does not read them up front).
+What reads model files takes them from there: the pickle scanner through
+:func:`open_model_file`, the upload to a server's artifact proxy through :class:`UploadBody`,
+which checks the sha256 as the bytes are sent. Anything else first calls :func:`materialize`,
+which fills the placeholders in and checks them the same way. The same size rule
+(:func:`stays_in_place`) picks the files an export streams from a server.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ def stays_in_place(name: str, size: int) -> bool:
 
 @dataclass(frozen=True)
 class Extent:
-    """``size`` bytes of one model file at ``offset`` in the local file ``path``, with the
-    SHA-256 measured when the archive was verified."""
+    """``size`` bytes of one model file at ``offset`` in the local file ``path``, and the
+    SHA-256 they must have."""
 
     path: str
     offset: int
