@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, ViewType
 from mlflow.tracking._model_registry import utils as _registry_utils
 from mlflow.tracking._tracking_service import utils as _tracking_utils
+from s3_server import stop_process_group
 
 # Compatibility suites need the real tools (torch-model-archiver, torchserve ...), which live
 # in their own tox environments; each sets MLFLOW_ARCHIVE_COMPAT to the suite it runs.
@@ -216,18 +216,9 @@ class MlflowServer:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
         # The server's data lives in a temp folder that is thrown away: a short grace period
         # is enough (uvicorn otherwise waits on the tests' keep-alive connections).
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=15)
+        stop_process_group(self.process, grace=3)
 
 
 def start_mlflow_server(root: Path, **env: str) -> MlflowServer:

@@ -57,24 +57,26 @@ def _no_proxy_opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _stop_process(process: subprocess.Popen) -> None:
+def stop_process_group(process: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM the process group a server was started in (``start_new_session``), then
+    SIGKILL it if it has not ended within ``grace`` seconds."""
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+        process.wait(timeout=15)
 
 
 def _wait_until(ready, process: subprocess.Popen, what: str, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while not ready():
         if process.poll() is not None or time.monotonic() > deadline:
-            _stop_process(process)
+            stop_process_group(process)
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"{what} did not start:\n{tail}")
         time.sleep(0.1)
@@ -131,7 +133,7 @@ class MotoS3:
         return sorted(upload["Key"] for upload in answer.get("Uploads", []))
 
     def stop(self) -> None:
-        _stop_process(self.process)
+        stop_process_group(self.process)
 
 
 def start_moto_s3(root: Path, bucket: str = "archives") -> MotoS3:
@@ -175,7 +177,7 @@ def start_moto_s3(root: Path, bucket: str = "archives") -> MotoS3:
         with opener.open(request, timeout=10) as response:
             assert response.status == 200, response.read()
     except BaseException:
-        _stop_process(process)
+        stop_process_group(process)
         raise
     return MotoS3(endpoint, bucket, key["AccessKeyId"], key["SecretAccessKey"], process, log)
 
@@ -221,7 +223,7 @@ class FolderServer:
     log: Path
 
     def stop(self) -> None:
-        _stop_process(self.process)
+        stop_process_group(self.process)
 
 
 def _port_open(port: int) -> bool:
