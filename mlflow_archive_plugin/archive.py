@@ -28,6 +28,7 @@ from mlflow_archive_plugin.errors import (
 from mlflow_archive_plugin.extents import Extent, make_placeholder, stays_in_place
 from mlflow_archive_plugin.integrity import (
     CHECKSUM_NAME,
+    CHECKSUM_SIGNATURE_NAME,
     FileRecord,
     compare,
     content_digest,
@@ -89,7 +90,8 @@ class Scanned:
         if data is None:
             return [*problems, f"{CHECKSUM_NAME}: missing, so nothing can be verified"]
         expected = parse_checksums(data)
-        found = {path: record for path, record in self.records.items() if path != CHECKSUM_NAME}
+        found = {path: record for path, record in self.records.items()
+                 if path not in (CHECKSUM_NAME, CHECKSUM_SIGNATURE_NAME)}
         unreadable = {line.split(":", 1)[0] for line in self.problems}
         return problems + [
             line for line in compare(expected, found) if line.split(":", 1)[0] not in unreadable
@@ -173,6 +175,7 @@ def write_archive(
     show_progress: bool | None = None,
     extra: tuple[Entry, ...] = (),
     options: dict | None = None,
+    sign_checksums: Callable[[bytes], bytes] | None = None,
 ) -> Written:
     """Write ``snapshot`` as ``layout`` in ``container`` at ``location``, atomically.
 
@@ -180,6 +183,8 @@ def write_archive(
     ``checksum.txt`` but not listed as model files. ``options`` go to the layout. Where the
     layout puts every entry under a folder (a .mar's tgz), names in ``checksum.txt`` and the
     metadata document are relative to that folder, so ``sha256sum -c`` works inside it.
+    ``sign_checksums`` turns the bytes of ``checksum.txt`` into a signature of them, stored
+    after it as ``checksum.sig`` (the one file ``checksum.txt`` does not list).
     """
     entries = layout.plan(snapshot, options)
     prefix = layout.entry_prefix(snapshot, container)
@@ -216,6 +221,8 @@ def write_archive(
         records.append(FileRecord.of_bytes(METADATA_NAME, metadata))
         checksums = render_checksums(records)
         writer.add_bytes(prefix + CHECKSUM_NAME, checksums)
+        if sign_checksums is not None:
+            writer.add_bytes(prefix + CHECKSUM_SIGNATURE_NAME, sign_checksums(checksums))
     if container.is_folder:
         return Written(records, content_digest(checksums), None, None)
     size, sha256 = measured[0]

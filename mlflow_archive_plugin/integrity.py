@@ -17,6 +17,8 @@ from typing import Any, BinaryIO
 from mlflow_archive_plugin.errors import CorruptArchiveError
 
 CHECKSUM_NAME = "checksum.txt"
+# A signature of checksum.txt: the one file beside it that checksum.txt cannot list.
+CHECKSUM_SIGNATURE_NAME = "checksum.sig"
 CHUNK_SIZE = 1024 * 1024
 
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
