@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import shutil
 import tempfile
@@ -32,7 +33,7 @@ from mlflow_archive_plugin.errors import (
 )
 from mlflow_archive_plugin.extents import materialize
 from mlflow_archive_plugin.flavor import save_archive_model, stored_archive
-from mlflow_archive_plugin.integrity import CHECKSUM_NAME, hash_stream
+from mlflow_archive_plugin.integrity import CHECKSUM_NAME, CHECKSUM_SIGNATURE_NAME, hash_stream
 from mlflow_archive_plugin.layouts import LAYOUTS, Entry, Layout, detect_layout, get_layout
 from mlflow_archive_plugin.location import (
     fetched,
@@ -43,7 +44,13 @@ from mlflow_archive_plugin.location import (
     resolve,
 )
 from mlflow_archive_plugin.scanning import SCAN_MODES, enforce, scan_pickles
-from mlflow_archive_plugin.signing import SIGNATURE_NAME, sign_model_dir, verify_model_dir
+from mlflow_archive_plugin.signing import (
+    SIGNATURE_NAME,
+    sign_file,
+    sign_model_dir,
+    signed_digest,
+    verify_checksum_signature,
+)
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 
 # MLflow takes seconds to import and inspect/verify never need it, so the modules that talk
@@ -114,13 +121,25 @@ class ArchiveInfo(_Result):
 
 @dataclass
 class VerifyReport(_Result):
-    """Every integrity problem found (one line each, naming the file); ``ok`` if none."""
+    """Every integrity problem found (one line each, naming the file); ``ok`` if none.
+
+    ``ok`` says the files are intact, not who made them: that is ``authenticated``, true only
+    when a key was given and ``checksum.sig`` verified with it. ``signature`` says what the
+    archive carries: ``"verified"`` (checked with the key), ``"unchecked"`` (signed, no key
+    given), ``"model-only"`` (an older ``model.sig`` over ``model/`` alone), ``"rewritten"``
+    (``checksum.txt`` is not the one its signature names: changed by someone without the key),
+    ``"invalid"`` (checked with the key and refused) or ``"unsigned"``. ``trust`` says it in
+    one sentence.
+    """
 
     location: str
     ok: bool
     problems: list[str]
     checked: int
     digest: str | None
+    signature: str = "unsigned"
+    authenticated: bool = False
+    trust: str = ""
 
 
 def export_model(
@@ -223,15 +242,17 @@ def export_model(
             layout.seal(snapshot, encryption_key, Path(scratch, "sealed"))
         warnings = layout.warnings(snapshot, options)
         extra: tuple[Entry, ...] = ()
+        sign_checksums = None
         if sign_key is not None:
             signature = Path(scratch) / SIGNATURE_NAME
             sign_model_dir(snapshot.model_dir, Path(sign_key), signature)
             extra = (Entry(SIGNATURE_NAME, source=signature),)
+            sign_checksums = _checksum_signer(Path(sign_key), Path(scratch, "checksums"))
         if into_folder:
             location = location.child(layout.file_stem(snapshot) + layout.extension(chosen))
         written = write_archive(
             snapshot, layout, chosen, location, force=force, show_progress=progress, extra=extra,
-            options=options,
+            options=options, sign_checksums=sign_checksums,
         )
     version = snapshot.model_version
     return ExportResult(
@@ -296,6 +317,9 @@ def import_archive(
         as (root, scanned),
         tempfile.TemporaryDirectory(prefix="mlflow-archive-model-") as wrapped,
     ):
+        if verify_key is not None:
+            # First: with a key, nothing the signature does not cover is even parsed.
+            _authenticate(root, Path(verify_key))
         snapshot = read_snapshot(root, scanned)
         extents = scanned.extents_under(root)
         problems = metadata_problems(snapshot, scanned)
@@ -312,8 +336,6 @@ def import_archive(
             plain = Path(wrapped, "plain")
             _decrypt(snapshot, encryption_key, plain)
             findings += scan_pickles(plain)
-        if verify_key is not None:
-            verify_model_dir(snapshot.model_dir, root / SIGNATURE_NAME, Path(verify_key))
         pickle_warnings = enforce(findings, scan)
         digest = archive_digest(scanned)
         if snapshot.is_foreign:
@@ -363,6 +385,34 @@ def import_archive(
         + [line for result in results for line in result.warnings],
         models=results if len(results) > 1 else [],
     )
+
+
+def _checksum_signer(private_key: Path, folder: Path):
+    """What signs ``checksum.txt``'s bytes once the writer has them: model-signing signs a
+    file, so the bytes are written to ``folder`` first."""
+
+    def sign(checksums: bytes) -> bytes:
+        folder.mkdir()
+        (folder / CHECKSUM_NAME).write_bytes(checksums)
+        sign_file(folder / CHECKSUM_NAME, private_key, folder / CHECKSUM_SIGNATURE_NAME)
+        return (folder / CHECKSUM_SIGNATURE_NAME).read_bytes()
+
+    return sign
+
+
+def _authenticate(root: Path, key: Path) -> None:
+    """Refuse the archive extracted at ``root`` unless ``checksum.sig`` signs its
+    ``checksum.txt`` with ``key``. Reading has already refused any file ``checksum.txt`` does
+    not list or lists with another hash, so this covers every file of the archive."""
+    if (root / CHECKSUM_SIGNATURE_NAME).is_file() or not (root / SIGNATURE_NAME).is_file():
+        verify_checksum_signature(root / CHECKSUM_NAME, root / CHECKSUM_SIGNATURE_NAME, key)
+    else:
+        raise SignatureError(
+            f"the archive's signature ({SIGNATURE_NAME}) covers its model/ folder only, not "
+            f"{METADATA_NAME} (names, aliases, tags) nor its other files, so it cannot be "
+            f"trusted as a whole; ask its publisher to export it again with --sign-key, which "
+            f"also signs {CHECKSUM_NAME}"
+        )
 
 
 def _decrypt(snapshot: Snapshot, key: bytes | None, into: Path) -> None:
@@ -496,7 +546,7 @@ def inspect_archive(
         files=[record.to_dict() for _, record in sorted(scanned.records.items())],
         digest=scanned.digest,
         problems=scanned.integrity_problems(),
-        signed=SIGNATURE_NAME in scanned.records,
+        signed=CHECKSUM_SIGNATURE_NAME in scanned.records,
         pickles=[dataclasses.asdict(finding) for finding in findings],
     )
 
@@ -518,7 +568,6 @@ def verify_archive(
     location = resolve(source, storage_options)
     with _extracted(location, progress, limits, keep_going=True) as (root, scanned):
         problems = scanned.integrity_problems()
-        model_path = "model"
         raw = scanned.captured.get(METADATA_NAME)
         if raw is None:
             problems.append(f"{METADATA_NAME}: missing, so the archive holds no model this "
@@ -534,21 +583,43 @@ def verify_archive(
                     problem for problem in metadata_problems(snapshot, scanned)
                     if problem.split(":", 1)[0] not in reported
                 )
-                model_path = snapshot.model_path
                 if not problems and snapshot.layout in LAYOUTS:
                     problems.extend(LAYOUTS[snapshot.layout].check(root, snapshot, run=run))
-        if key is not None:
-            problems.extend(_signature_problems(root / model_path, root, Path(key)))
-    checked = len([path for path in scanned.records if path != CHECKSUM_NAME])
-    return VerifyReport(location.url, not problems, problems, checked, scanned.digest)
+        signature, trust, signature_problems = _signature_state(root, scanned, key)
+        problems.extend(signature_problems)
+    checked = len([path for path in scanned.records
+                   if path not in (CHECKSUM_NAME, CHECKSUM_SIGNATURE_NAME)])
+    return VerifyReport(location.url, not problems, problems, checked, scanned.digest,
+                        signature=signature, authenticated=signature == "verified", trust=trust)
 
 
-def _signature_problems(model_dir: Path, root: Path, key: Path) -> list[str]:
-    try:
-        verify_model_dir(model_dir, root / SIGNATURE_NAME, key)
-    except SignatureError as exc:
-        return exc.problems or [str(exc)]
-    return []
+def _signature_state(root: Path, scanned: Scanned, key: str | os.PathLike | None
+                     ) -> tuple[str, str, list[str]]:
+    """What the archive's signatures prove: the state, its sentence and any problems."""
+    has_sig = CHECKSUM_SIGNATURE_NAME in scanned.records
+    if key is not None:
+        try:
+            _authenticate(root, Path(key))
+        except SignatureError as exc:
+            return "invalid", "the signature does not authenticate the archive", \
+                exc.problems or [str(exc)]
+        return "verified", f"signed: {CHECKSUM_SIGNATURE_NAME} verifies with {key}, and " \
+            f"{CHECKSUM_NAME} covers every other file", []
+    if has_sig:
+        claimed = signed_digest(root / CHECKSUM_SIGNATURE_NAME)
+        actual = hashlib.sha256(scanned.captured.get(CHECKSUM_NAME, b"")).hexdigest()
+        if claimed != actual:
+            return "rewritten", "not authentic", [
+                f"{CHECKSUM_NAME}: rewritten after signing ({CHECKSUM_SIGNATURE_NAME} signs "
+                f"another {CHECKSUM_NAME}), so someone without the signing key changed the "
+                "archive; do not use it, and get a fresh copy from its publisher"]
+        return "unchecked", "signed, but the signature was not checked: pass --key with " \
+            "the publisher's public key to authenticate it", []
+    if SIGNATURE_NAME in scanned.records:
+        return "model-only", f"only model/ is signed ({SIGNATURE_NAME}, an older export): " \
+            f"{METADATA_NAME} and the other files are not authenticated", []
+    return "unsigned", f"unsigned: {CHECKSUM_NAME} shows the files are intact, not who made " \
+        f"them, since whoever can change the archive can rewrite {CHECKSUM_NAME} too", []
 
 
 def _parse_metadata(raw: bytes | None) -> dict[str, Any] | None:

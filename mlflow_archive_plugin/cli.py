@@ -253,8 +253,9 @@ def _read_key(key_file: str | None, key_env: str | None) -> bytes | None:
 @click.option("--tracking-uri", help=_TRACKING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--sign-key", type=_KEY, help="Sign the model files with this PEM EC private key "
-              "(OpenSSF model-signing; needs the [sign] extra).")
+@click.option("--sign-key", type=_KEY, help="Sign with this PEM EC private key (OpenSSF "
+              "model-signing; needs the [sign] extra): model.sig over model/, checksum.sig "
+              "over checksum.txt and so every file.")
 @_storage_option
 @_mar_options
 @_mlarchive_options
@@ -311,8 +312,8 @@ def export_command(model_uris, dest, fmt, container, force, tracking_uri, as_jso
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_limit_options
-@click.option("--verify-key", type=_KEY, help="Refuse the archive unless its model-signing "
-              "signature verifies with this PEM public key.")
+@click.option("--verify-key", type=_KEY, help="Refuse the archive unless its checksum.sig "
+              "(which covers every file) verifies with this PEM public key.")
 @click.option("--scan", type=click.Choice(SCAN_MODES), default="warn", show_default=True,
               help="Pickle scanning: strict refuses dangerous or unknown imports.")
 @click.option("--key-file", type=_SECRET, help="Key of an encrypted MLSteam package (32 bytes: "
@@ -366,7 +367,7 @@ def inspect_command(source, as_json, max_members, max_size, max_ratio, storage_o
         f"  run {run.get('run_name', '-')} ({len(run.get('params') or {})} params, "
         f"{len(run.get('metrics') or {})} metrics)",
         f"  flavors {', '.join(sorted((meta.get('mlmodel') or {}).get('flavors') or {})) or '-'}",
-        f"  digest {info.digest or '-'}, {'signed' if info.signed else 'not signed'}",
+        f"  digest {info.digest or '-'}, {_signed_state(info)}",
         *[f"  {f['sha256'][:12]}  {f['size']:>12}  {f['path']}" for f in info.files],
         *[f"  pickle: {line}" for line in enforce(_findings(info.pickles), "warn")],
         *[f"  problem: {p}" for p in info.problems],
@@ -374,13 +375,21 @@ def inspect_command(source, as_json, max_members, max_size, max_ratio, storage_o
     _emit(as_json, info.to_dict(), lines)
 
 
+def _signed_state(info: api.ArchiveInfo) -> str:
+    if info.signed:
+        return "signed (checksum.sig; verify --key checks it)"
+    if any(entry["path"] == "model.sig" for entry in info.files):
+        return "only model/ signed (model.sig): names, tags and aliases are not"
+    return "not signed"
+
+
 @cli.command("verify")
 @click.argument("source")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_limit_options
-@click.option("--key", type=_KEY, help="Also check the model-signing signature with this PEM "
-              "public key; an unsigned archive fails.")
+@click.option("--key", type=_KEY, help="Also authenticate the archive: its checksum.sig must "
+              "verify with this PEM public key (an unsigned archive fails).")
 @click.option("--run", is_flag=True, help="Also run the archive's own code where its format "
               "asks for it (a portable package's example through predict.py, in a child "
               "process). Off by default: verifying never runs what it verifies.")
@@ -396,7 +405,10 @@ def verify_command(source, as_json, quiet, max_members, max_size, max_ratio, key
     if as_json:
         _emit(True, report.to_dict(), [])
     elif report.ok:
-        click.echo(f"OK: {report.checked} files match checksum.txt (digest {report.digest})")
+        # "OK" only for what a key authenticated; otherwise say what is not known.
+        verdict = "OK" if report.authenticated else "intact"
+        click.echo(f"{verdict}: {report.checked} files match checksum.txt (digest "
+                   f"{report.digest}); {report.trust}")
     else:
         for problem in report.problems:
             click.echo(f"error: {problem}", err=True)

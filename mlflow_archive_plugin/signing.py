@@ -1,10 +1,20 @@
-"""Signatures over an archive's model files, made and checked by OpenSSF ``model-signing``.
+"""Signatures over an archive, made and checked by OpenSSF ``model-signing``.
 
-The signature is a Sigstore bundle written by ``model-signing`` with an elliptic-curve key
-(PEM), offline. It covers every file of the ``model/`` folder and nothing else, and is
-stored at the archive root as ``model.sig``, so after extracting an archive
-``model_signing verify key model --signature model.sig --public_key KEY.pub`` checks it
-without this plugin. ``checksum.txt`` lists ``model.sig`` like any other file.
+A signed archive carries two Sigstore bundles, written by ``model-signing`` with one
+elliptic-curve key (PEM), offline:
+
+- ``checksum.sig`` signs ``checksum.txt``. ``checksum.txt`` lists every other file of the
+  archive with its SHA-256 (the metadata document and ``model.sig`` included), and reading
+  refuses any file it does not list, so this one signature covers everything that is
+  registered or loaded: model files, ``MLmodel``, names, aliases, tags. ``checksum.sig`` is
+  the one file ``checksum.txt`` cannot list. This is the signature ``--verify-key`` checks.
+- ``model.sig`` signs the ``model/`` folder alone, so the model keeps verifying with
+  ``model_signing verify key model --signature model.sig --public_key KEY.pub`` once it is
+  extracted, without this plugin and without the archive around it.
+
+Both verify with model-signing's own CLI: ``model_signing verify key checksum.txt
+--signature checksum.sig --public_key KEY.pub && sha256sum -c checksum.txt`` authenticates a
+whole extracted archive.
 
 ``model-signing`` is an optional extra (``mlflow-archive-plugin[sign]``): it is imported only
 when a signature is made or checked, so everything else works without it.
@@ -26,13 +36,25 @@ from mlflow_archive_plugin.errors import (
     SourceNotFoundError,
     UnsupportedError,
 )
+from mlflow_archive_plugin.integrity import CHECKSUM_SIGNATURE_NAME
 
-__all__ = ["SIGNATURE_NAME", "SignatureError", "sign_model_dir", "verify_model_dir"]
+__all__ = [
+    "CHECKSUM_SIGNATURE_NAME",
+    "SIGNATURE_NAME",
+    "SignatureError",
+    "sign_file",
+    "sign_model_dir",
+    "signed_digest",
+    "verify_checksum_signature",
+    "verify_model_dir",
+]
 
 SIGNATURE_NAME = "model.sig"
 
 _INSTALL = "install it with: pip install 'mlflow-archive-plugin[sign]'"
 _FRESH_COPY = "do not use it, and get a fresh copy from its publisher"
+# A bundle lists one name and digest per signed file: about 150 bytes each.
+MAX_BUNDLE_BYTES = 16 * 1024**2
 # Exception texts can be long or span lines; a message stays one short line.
 _DETAIL_LIMIT = 200
 
@@ -49,9 +71,24 @@ def sign_model_dir(model_dir: Path, private_key: Path, signature: Path) -> None:
         SourceNotFoundError: ``model_dir`` or ``private_key`` does not exist.
         ValueError: ``signature`` lies inside ``model_dir``.
     """
-    model_dir, private_key, signature = Path(model_dir), Path(private_key), Path(signature)
+    model_dir = Path(model_dir)
     _require_model_dir(model_dir)
-    _require_outside(model_dir, signature)
+    _sign(model_dir, Path(private_key), Path(signature))
+
+
+def sign_file(path: Path, private_key: Path, signature: Path) -> None:
+    """Sign the one file ``path`` (an archive's ``checksum.txt``) into ``signature``.
+
+    Raises the same errors as :func:`sign_model_dir`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SourceNotFoundError(f"file to sign {path} does not exist")
+    _sign(path, Path(private_key), Path(signature))
+
+
+def _sign(target: Path, private_key: Path, signature: Path) -> None:
+    _require_outside(target, signature)
     model_signing = _import_model_signing()
     if not private_key.exists():
         raise SourceNotFoundError(
@@ -73,10 +110,10 @@ def sign_model_dir(model_dir: Path, private_key: Path, signature: Path) -> None:
         )
     try:
         with _quiet():
-            config.set_hashing_config(_hashing_config(model_signing)).sign(model_dir, signature)
+            config.set_hashing_config(_hashing_config(model_signing)).sign(target, signature)
     except ValueError as exc:  # raised while hashing: a symlink or special file
         raise UnsupportedError(
-            f"cannot sign {model_dir}: {_detail(exc)}; keep only regular files in the model"
+            f"cannot sign {target}: {_detail(exc)}; keep only regular files in the model"
         ) from exc
 
 
@@ -93,9 +130,57 @@ def verify_model_dir(model_dir: Path, signature: Path, public_key: Path) -> None
         SourceNotFoundError: ``model_dir`` does not exist.
         ValueError: ``signature`` lies inside ``model_dir``.
     """
-    model_dir, signature, public_key = Path(model_dir), Path(signature), Path(public_key)
+    model_dir = Path(model_dir)
     _require_model_dir(model_dir)
-    _require_outside(model_dir, signature)
+    _verify(model_dir, Path(signature), Path(public_key),
+            lambda model_signing, bundle, text: _mismatch_error(
+                model_signing, model_dir, bundle, text))
+
+
+def verify_checksum_signature(checksums: Path, signature: Path, public_key: Path) -> None:
+    """Check that ``signature`` signs the file ``checksums`` (an archive's ``checksum.txt``)
+    as it is now, with ``public_key``.
+
+    Raises:
+        SignatureError: the archive has no such signature, the signature is damaged or was
+            made with another key, ``checksums`` changed after signing, or the key cannot
+            be read.
+        UnsupportedError: ``model-signing`` is not installed.
+    """
+    checksums, signature = Path(checksums), Path(signature)
+    if signature.is_file() and not checksums.is_file():
+        raise SignatureError(f"the archive has {signature.name} but no {checksums.name}, the "
+                             f"file it signs; {_FRESH_COPY}")
+
+    def rewritten(model_signing, bundle, text) -> SignatureError:
+        return SignatureError(
+            f"{checksums.name} was changed after it was signed ({signature.name} signs "
+            f"another {checksums.name}), so the archive's files are not the signed ones: "
+            + _FRESH_COPY
+        )
+
+    _verify(checksums, signature, Path(public_key), rewritten)
+
+
+def signed_digest(signature: Path) -> str | None:
+    """The SHA-256 that ``signature`` claims for the one file it signs, read without a key.
+
+    This authenticates nothing (anyone can write such a claim); it only tells, when the
+    claim and the file disagree, that the file was changed by someone who could not sign it
+    again. None when the signature is not a model-signing bundle over a single file.
+    """
+    try:
+        statement = json.loads(base64.b64decode(
+            _read_bundle(Path(signature))["dsseEnvelope"]["payload"], validate=True))
+        (resource,) = statement["predicate"]["resources"]
+        digest = resource["digest"]
+    except (SignatureError, KeyError, TypeError, ValueError):
+        return None
+    return digest if isinstance(digest, str) else None
+
+
+def _verify(target: Path, signature: Path, public_key: Path, mismatch) -> None:
+    _require_outside(target, signature)
     # Checked before the import: an unsigned archive is refused even without the extra.
     if not signature.is_file():
         raise SignatureError(
@@ -109,7 +194,7 @@ def verify_model_dir(model_dir: Path, signature: Path, public_key: Path) -> None
 
     try:
         with _quiet():
-            config.set_hashing_config(_hashing_config(model_signing)).verify(model_dir, signature)
+            config.set_hashing_config(_hashing_config(model_signing)).verify(target, signature)
     except InvalidSignature as exc:
         raise SignatureError(
             f"{signature.name} does not verify with public key {public_key}: it was made with "
@@ -125,13 +210,13 @@ def verify_model_dir(model_dir: Path, signature: Path, public_key: Path) -> None
                 f"{public_key}; check that you have the publisher's public key"
             ) from exc
         if text.startswith("Signature mismatch"):
-            raise _mismatch_error(model_signing, model_dir, bundle, text) from exc
+            raise mismatch(model_signing, bundle, text) from exc
         if text.startswith("Cannot use"):  # raised while hashing: a symlink or special file
-            raise SignatureError(f"cannot check {model_dir}: {_detail(exc)}") from exc
+            raise SignatureError(f"cannot check {target}: {_detail(exc)}") from exc
         raise _damaged(signature, exc) from exc
     except OSError as exc:
         raise SignatureError(
-            f"cannot read {exc.filename or model_dir} to check its signature: "
+            f"cannot read {exc.filename or target} to check its signature: "
             f"{exc.strerror or _detail(exc)}"
         ) from exc
     except Exception as exc:  # whatever a malformed bundle makes the parser raise
@@ -217,6 +302,10 @@ def _key_problem(path: Path, *, private: bool) -> str | None:
 def _read_bundle(signature: Path) -> dict[str, Any]:
     """The signature file as JSON, refused early with one clear message if it is not."""
     try:
+        size = signature.stat().st_size
+        if size > MAX_BUNDLE_BYTES:
+            raise _damaged(signature, f"it holds {size} bytes, more than the "
+                                      f"{MAX_BUNDLE_BYTES} a signature of 100,000 files needs")
         bundle = json.loads(signature.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SignatureError(f"cannot read {signature}: {exc.strerror or _detail(exc)}") from exc
@@ -287,9 +376,9 @@ def _require_model_dir(model_dir: Path) -> None:
         raise SourceNotFoundError(f"model folder {model_dir} does not exist")
 
 
-def _require_outside(model_dir: Path, signature: Path) -> None:
-    if signature.resolve().is_relative_to(model_dir.resolve()):
-        raise ValueError(f"signature {signature} must lie outside the model folder {model_dir}")
+def _require_outside(target: Path, signature: Path) -> None:
+    if signature.resolve().is_relative_to(target.resolve()):
+        raise ValueError(f"signature {signature} must lie outside what it signs, {target}")
 
 
 @contextlib.contextmanager

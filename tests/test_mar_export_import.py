@@ -182,7 +182,7 @@ def test_cli_verify_passes_on_zip_export(mar_zip, tmp_path):
     result, _ = mar_zip
     proc = cli("verify", result.location, "-q", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("OK: "), proc.stdout
+    assert proc.stdout.startswith("intact: "), proc.stdout
 
 
 def test_sha256sum_check_passes_on_extracted_zip_export(mar_zip):

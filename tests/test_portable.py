@@ -400,13 +400,13 @@ def test_payload_conformance_names_each_problem():
 def test_verify_passes_on_every_container(exports, container, tmp_path):
     proc = cli("verify", exports[container][0], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("OK: ")
+    assert proc.stdout.startswith("intact: "), proc.stdout
 
 
 def test_verify_run_predicts_the_example_in_a_child_process(package, tmp_path):
     proc = cli("verify", "--run", str(package), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("OK: ")
+    assert proc.stdout.startswith("intact: "), proc.stdout
 
 
 def test_verify_names_a_tampered_file(damaged, tmp_path):

@@ -170,7 +170,7 @@ def test_verify_from_s3_with_the_endpoint_in_the_aws_environment(s3, s3_export, 
     proc = cli("verify", s3_export["location"], "-q", cwd=tmp_path,
                env=child_env(AWS_ENDPOINT_URL_S3=s3.endpoint))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("OK: ")
+    assert proc.stdout.startswith("intact: "), proc.stdout
     assert s3_export["digest"] in proc.stdout
 
 

@@ -123,8 +123,15 @@ def test_a_signature_made_by_model_signings_own_cli_verifies(source, tmp_path):
     )
     assert signed.returncode == 0, signed.stderr
     _rewrite_checksums(folder)
+    signed = subprocess.run(
+        [sys.executable, "-m", "model_signing", "sign", "key", CHECKSUM_NAME,
+         "--signature", "checksum.sig", "--private_key", str(keys["good"][0])],
+        cwd=folder, capture_output=True, text=True, check=False,
+    )
+    assert signed.returncode == 0, signed.stderr
     report = verify_archive(folder, key=keys["good"][1])
     assert report.ok, report.problems
+    assert report.authenticated
 
 
 def _archive_with_pickle(source, tmp_path: Path, payload: object) -> Path:
