@@ -124,7 +124,7 @@ class VerifyReport(_Result):
     """Every integrity problem found (one line each, naming the file); ``ok`` if none.
 
     ``ok`` says the files are intact, not who made them: that is ``authenticated``, true only
-    when a key was given and ``checksum.sig`` verified with it. ``signature`` says what the
+    when a key was given, ``checksum.sig`` verified with it and every file matched. ``signature`` says what the
     archive carries: ``"verified"`` (checked with the key), ``"unchecked"`` (signed, no key
     given), ``"model-only"`` (an older ``model.sig`` over ``model/`` alone), ``"rewritten"``
     (``checksum.txt`` is not the one its signature names: changed by someone without the key),
@@ -590,7 +590,8 @@ def verify_archive(
     checked = len([path for path in scanned.records
                    if path not in (CHECKSUM_NAME, CHECKSUM_SIGNATURE_NAME)])
     return VerifyReport(location.url, not problems, problems, checked, scanned.digest,
-                        signature=signature, authenticated=signature == "verified", trust=trust)
+                        signature=signature,
+                        authenticated=signature == "verified" and not problems, trust=trust)
 
 
 def _signature_state(root: Path, scanned: Scanned, key: str | os.PathLike | None
