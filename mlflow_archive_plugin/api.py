@@ -168,8 +168,9 @@ def export_model(
     an S3 multipart upload, whose parts go ``max_concurrency`` at a time. A model whose
     artifacts are on this machine (a local artifact store) is read where it lies, not copied
     first. With ``sign_key`` (a PEM
-    elliptic-curve private key) the model files are signed with OpenSSF model-signing and the
-    signature travels as ``model.sig`` at the archive root. ``options`` are the format's own
+    elliptic-curve private key) the archive is signed with OpenSSF model-signing:
+    ``checksum.sig`` signs ``checksum.txt`` and so every file, ``model.sig`` the ``model/``
+    folder alone. ``options`` are the format's own
     settings; for ``mar``: ``handler``, ``model_file``, ``serialized_file``, ``extra_files``,
     ``config_file`` and ``requirements_file``, which replace or extend the generated parts;
     for ``mlarchive``: ``strict`` (refuse a framework outside MLSteam's list instead of
@@ -289,7 +290,7 @@ def import_archive(
     as its own version, for an archive of several).
 
     The archive is extracted into a fresh temporary folder and verified against its
-    ``checksum.txt`` (and, with ``verify_key``, its model-signing signature) before anything
+    ``checksum.txt`` (and, with ``verify_key``, first its ``checksum.sig``) before anything
     is created, except files of 1 MiB or more that a local archive stores as they are: those
     are uploaded straight from the archive and verified as they go, before the version is
     created; a mismatch undoes the run and LoggedModel made so far. Pickle files are
@@ -562,7 +563,8 @@ def verify_archive(
 ) -> VerifyReport:
     """Check every file of the archive at ``source`` against ``checksum.txt``, reporting all
     problems at once rather than stopping at the first; with ``key`` (a PEM public key) also
-    check its model-signing signature, refusing an unsigned archive. Once every file holds,
+    authenticate it: ``checksum.sig`` must sign its ``checksum.txt``, refusing an unsigned
+    archive. The report says what could and could not be authenticated (``signature``). Once every file holds,
     the layout's own rules are checked too; ``run`` lets those run the archive's code (a
     portable package's example through its ``predict.py``) in a child process."""
     location = resolve(source, storage_options)
