@@ -124,12 +124,12 @@ class VerifyReport(_Result):
     """Every integrity problem found (one line each, naming the file); ``ok`` if none.
 
     ``ok`` says the files are intact, not who made them: that is ``authenticated``, true only
-    when a key was given, ``checksum.sig`` verified with it and every file matched. ``signature`` says what the
-    archive carries: ``"verified"`` (checked with the key), ``"unchecked"`` (signed, no key
-    given), ``"model-only"`` (an older ``model.sig`` over ``model/`` alone), ``"rewritten"``
-    (``checksum.txt`` is not the one its signature names: changed by someone without the key),
-    ``"invalid"`` (checked with the key and refused) or ``"unsigned"``. ``trust`` says it in
-    one sentence.
+    when a key was given, ``checksum.sig`` verified with it and every file matched.
+    ``signature`` says what the archive carries: ``"verified"`` (checked with the key),
+    ``"unchecked"`` (signed, no key given), ``"model-only"`` (an older ``model.sig`` over
+    ``model/`` alone), ``"rewritten"`` (``checksum.txt`` is not the one its signature names:
+    changed by someone without the key), ``"invalid"`` (checked with the key and refused) or
+    ``"unsigned"``. ``trust`` says it in one sentence.
     """
 
     location: str
@@ -564,9 +564,10 @@ def verify_archive(
     """Check every file of the archive at ``source`` against ``checksum.txt``, reporting all
     problems at once rather than stopping at the first; with ``key`` (a PEM public key) also
     authenticate it: ``checksum.sig`` must sign its ``checksum.txt``, refusing an unsigned
-    archive. The report says what could and could not be authenticated (``signature``). Once every file holds,
-    the layout's own rules are checked too; ``run`` lets those run the archive's code (a
-    portable package's example through its ``predict.py``) in a child process."""
+    archive. The report says what could and could not be authenticated (``signature``).
+    Once every file holds, the layout's own rules are checked too; ``run`` lets those run
+    the archive's code (a portable package's example through its ``predict.py``) in a child
+    process."""
     location = resolve(source, storage_options)
     with _extracted(location, progress, limits, keep_going=True) as (root, scanned):
         problems = scanned.integrity_problems()
