@@ -22,6 +22,7 @@ from mlflow_archive_plugin.containers.base import (
     safe_entry_name,
 )
 from mlflow_archive_plugin.containers.xz import XzWriter
+from mlflow_archive_plugin.containers.zipview import zip_view_span
 from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
 from mlflow_archive_plugin.integrity import CHUNK_SIZE, FileRecord
 
@@ -120,10 +121,18 @@ class _TailKeeper:
 
 class TarReader(ContainerReader):
     """Reads a tar stream (decompressing as ``container`` says); refuses links and special
-    members, and a stream that ends without tar's end-of-archive zero blocks."""
+    members, a stream that ends without tar's end-of-archive zero blocks, and a file that a
+    zip reader would open as a zip (unless that zip is the bytes of one member, as a torch
+    file stored in a plain tar is)."""
 
     def __init__(self, source: BinaryIO, container: str = "tar") -> None:
         self._plain = container == "tar"
+        self._zip_span = zip_view_span(source)
+        source.seek(0)
+        if self._zip_span is not None and not self._plain:
+            _refuse_polyglot()
+        # Where each member's bytes lie in a plain tar's file: a zip found must be in one.
+        self._member_spans: list[tuple[int, int]] = []
         try:
             self._data = _TailKeeper(_DECOMPRESSORS[container](source))
             self._tar = tarfile.open(fileobj=self._data, mode="r|")  # noqa: SIM115
@@ -140,6 +149,7 @@ class TarReader(ContainerReader):
                 member = next(members)
             except StopIteration:
                 self._check_end(last)
+                self._check_zip_inside_a_member()
                 return
             except _STREAM_ERRORS as exc:
                 raise CorruptArchiveError(
@@ -160,8 +170,16 @@ class TarReader(ContainerReader):
             # In an uncompressed tar a member's bytes are one run in the file (sparse members
             # aside).
             offset = member.offset_data if self._plain and not member.issparse() else None
+            if offset is not None:
+                self._member_spans.append((offset, offset + member.size))
             yield name, GuardedStream(stream, name, _STREAM_ERRORS, "archive truncated or damaged",
                                       offset, member.size)
+
+    def _check_zip_inside_a_member(self) -> None:
+        span = self._zip_span
+        if span is not None and not any(start <= span[0] and span[1] <= end
+                                        for start, end in self._member_spans):
+            _refuse_polyglot()
 
     def _check_end(self, last: str | None) -> None:
         """tarfile takes a bad or missing header after the first member for the end of the
@@ -185,3 +203,11 @@ class TarReader(ContainerReader):
 
     def close(self) -> None:
         self._tar.close()
+
+
+def _refuse_polyglot() -> None:
+    raise UnsafeArchiveError(
+        "refused tar archive: it is also a zip (a central directory at its end lists entries "
+        "a zip reader would extract instead), so it means different things to tar and zip "
+        "readers; the archive is unsafe"
+    )

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from mlflow_archive_plugin.containers import zipview
 from mlflow_archive_plugin.containers.base import (
     ContainerReader,
     ContainerWriter,
@@ -104,7 +105,8 @@ class ZipWriter(ContainerWriter):
 
 
 class ZipReader(ContainerReader):
-    """Reads a zip from a seekable binary stream; refuses symlink and unsafe entries."""
+    """Reads a zip from a seekable binary stream; refuses symlink and unsafe entries, and a
+    zip other readers would see differently (see ``zipview``), before any entry is read."""
 
     def __init__(self, source: BinaryIO) -> None:
         try:
@@ -113,9 +115,14 @@ class ZipReader(ContainerReader):
             raise CorruptArchiveError(
                 f"the zip archive is truncated or damaged ({exc}); export it again"
             ) from exc
+        try:
+            self._damaged = zipview.check_zip(source, self._zip)
+        except BaseException:
+            self._zip.close()
+            raise
 
     def entries(self) -> Iterator[tuple[str, BinaryIO]]:
-        for info in self._zip.infolist():
+        for index, info in enumerate(self._zip.infolist()):
             # zipfile cuts filename at a NUL byte; orig_filename keeps what the archive says.
             raw = info.orig_filename
             if stat.S_ISLNK(info.external_attr >> 16):
@@ -124,6 +131,9 @@ class ZipReader(ContainerReader):
                 )
             name = safe_entry_name(raw)
             if info.is_dir():
+                continue
+            if index in self._damaged:
+                yield name, _Unreadable(CorruptArchiveError(self._damaged[index]))
                 continue
             try:
                 stream = self._zip.open(info)
@@ -136,12 +146,31 @@ class ZipReader(ContainerReader):
             # ZipExtFile notes where the entry's data begins once past its local header.
             offset = getattr(stream, "_orig_compress_start", None) if stored else None
             with stream:
-                yield name, GuardedStream(stream, name, _READ_ERRORS, "damaged zip entry",
-                                          offset, info.file_size)
+                yield name, _EntryStream(stream, name, _READ_ERRORS, "damaged zip entry",
+                                         offset, info.file_size)
 
     def close(self) -> None:
         self._zip.close()
 
+
+class _EntryStream(GuardedStream):
+    """A zip entry's stream that, at its end, refuses compressed data that stopped short of
+    the entry's compressed size: zipfile ignores the rest, a streaming reader (TorchServe's)
+    would read the next local header from there."""
+
+    def read(self, size: int = -1) -> bytes:
+        """Read like the entry's stream; at the end, check nothing was left unread."""
+        data = super().read(size)
+        if not data and size != 0:
+            raw = self._stream
+            decompressor = getattr(raw, "_decompressor", None)
+            if getattr(raw, "_compress_left", 0) or getattr(decompressor, "unused_data", b""):
+                raise UnsafeArchiveError(
+                    f"refused archive entry {self._name!r}: its compressed data ends before "
+                    "its compressed size, leaving bytes a streaming reader would take for "
+                    "another entry; the archive is unsafe"
+                )
+        return data
 
 
 class _Unreadable:
