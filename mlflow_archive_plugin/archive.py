@@ -416,7 +416,7 @@ def _scan_entries(entries, scanned: Scanned, staging, keep_going, budget: _Budge
                     record = _leave_unread(name, stream, staging, budget)
                     scanned.unread.add(name)
                 scanned.extents[name] = Extent(archive_path, stream.offset, record.size,
-                                               record.sha256)
+                                               record.sha256, getattr(stream, "crc32", None))
                 captured = b""
             else:
                 record, captured = _consume(name, stream, staging, budget)

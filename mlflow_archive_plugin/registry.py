@@ -107,6 +107,7 @@ def register(
     """
     target = name or snapshot.display_name
     tracking_uri = resolve_tracking_uri(tracking_uri)
+    _check_unread_first(tracking_uri, extents or {})
     client = connect(tracking_uri, registry_uri)
     with mlflow_errors(f"cannot import into registered model {target!r}"):
         imported = _versions_with_digest(client, digest)
@@ -376,6 +377,16 @@ def _create_logged_model(client, created: _Created, snapshot: Snapshot, experime
     if run_id is not None and logged is not None and logged.run_output_step is not None:
         client.log_outputs(run_id, [LoggedModelOutput(model.model_id, logged.run_output_step)])
     return model.model_id
+
+
+def _check_unread_first(tracking_uri: str, extents: dict[Path, Extent]) -> None:
+    """Without a server, MLflow writes the files itself and needs them on disk anyway: fill
+    the placeholders in before the registry is even touched, each checked against
+    checksum.txt and its CRC, so a damaged archive changes nothing. Through a server's
+    artifact proxy they are checked as they upload, in one pass, and a mismatch rolls back
+    the run and LoggedModel made so far."""
+    if extents and not tracking_uri.startswith(("http:", "https:")):
+        materialize(extents)
 
 
 def _finish_run(client, run_id: str | None, snapshot: Snapshot) -> None:

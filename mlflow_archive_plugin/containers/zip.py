@@ -146,8 +146,10 @@ class ZipReader(ContainerReader):
             # ZipExtFile notes where the entry's data begins once past its local header.
             offset = getattr(stream, "_orig_compress_start", None) if stored else None
             with stream:
-                yield name, _EntryStream(stream, name, _READ_ERRORS, "damaged zip entry",
-                                         offset, info.file_size)
+                entry = _EntryStream(stream, name, _READ_ERRORS, "damaged zip entry",
+                                     offset, info.file_size)
+                entry.crc32 = info.CRC
+                yield name, entry
 
     def close(self) -> None:
         self._zip.close()
@@ -156,7 +158,10 @@ class ZipReader(ContainerReader):
 class _EntryStream(GuardedStream):
     """A zip entry's stream that, at its end, refuses compressed data that stopped short of
     the entry's compressed size: zipfile ignores the rest, a streaming reader (TorchServe's)
-    would read the next local header from there."""
+    would read the next local header from there. ``crc32`` is the central directory's, for
+    whoever reads the entry's bytes from the archive file without zipfile."""
+
+    crc32: int | None = None
 
     def read(self, size: int = -1) -> bytes:
         """Read like the entry's stream; at the end, check nothing was left unread."""
