@@ -169,6 +169,13 @@ def test_a_file_that_merely_starts_like_a_pickle_is_not_reported(tmp_path):
     assert enforce(findings, "warn") == []
 
 
+def test_the_base_archive_with_random_weights_passes_strict(sandbox):
+    path = sandbox.pack("zip", sealed(sandbox.base))
+    result = import_archive(path, tracking_uri=sandbox.registry_uri, scan="strict")
+    assert result.warnings == []
+    assert inspect_archive(path).pickles == []
+
+
 def test_random_binaries_and_zips_of_them_are_not_reported(tmp_path):
     import random
 
