@@ -429,3 +429,43 @@ def test_a_java_style_zip_with_data_descriptors_still_reads(sandbox):
     path = sandbox.archives / "java.zip"
     path.write_bytes(join_zip(out.getvalue(), records))
     assert verify_archive(path).problems == []
+
+
+def deflate_ending_early(sb: Sandbox) -> Path:
+    """A deflated entry whose deflate stream ends before its compressed size, the rest being
+    a local header: zipfile stops at the stream's end, a streaming reader reads that header."""
+    members = sealed(sb.base)
+    path = write_zip(sb.archives / "hostile.zip", members)
+    raw = path.read_bytes()
+    body, records, _ = split_zip(raw)
+    with zipfile.ZipFile(path) as handle:
+        info = handle.getinfo(WEIGHTS)
+        following = [i for i in handle.infolist() if i.header_offset > info.header_offset]
+    start = info.header_offset + 30 + len(WEIGHTS)
+    hidden = struct.pack("<4s2B4HL2L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0x21, 0, 0, 0,
+                         len(HIDDEN), 0) + HIDDEN.encode()
+    end = start + info.compress_size
+    body = bytearray(body[:end] + hidden + body[end:])
+    struct.pack_into("<L", body, info.header_offset + 18, info.compress_size + len(hidden))
+    moved = {i.filename for i in following}
+    for record in records:
+        name = record_name(record)
+        if name == WEIGHTS:
+            struct.pack_into("<L", record, 20, info.compress_size + len(hidden))
+        if name in moved:
+            offset = struct.unpack_from("<L", record, 42)[0]
+            struct.pack_into("<L", record, 42, offset + len(hidden))
+    path.write_bytes(join_zip(bytes(body), records))
+    return path
+
+
+def test_a_deflate_stream_ending_before_its_entry_is_refused_by_every_reader(sandbox):
+    path = deflate_ending_early(sandbox)
+    with zipfile.ZipFile(path) as handle:
+        assert handle.read(WEIGHTS)  # zipfile alone reads it without complaint
+    rule = "compressed data ends before its compressed size"
+    with sandbox.unchanged(), pytest.raises(ArchiveError, match=rule):
+        import_archive(path, tracking_uri=sandbox.registry_uri)
+    assert registry_census(sandbox.registry_uri) == EMPTY_REGISTRY
+    assert rule in _refusal(lambda: verify_archive(path))
+    assert rule in _refusal(lambda: inspect_archive(path))
