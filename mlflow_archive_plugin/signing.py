@@ -32,11 +32,14 @@ from types import ModuleType
 from typing import Any
 
 from mlflow_archive_plugin.errors import (
+    CorruptArchiveError,
     SignatureError,
     SourceNotFoundError,
+    UnsafeArchiveError,
     UnsupportedError,
 )
 from mlflow_archive_plugin.integrity import CHECKSUM_SIGNATURE_NAME
+from mlflow_archive_plugin.parsing import load_json
 
 __all__ = [
     "CHECKSUM_SIGNATURE_NAME",
@@ -300,16 +303,14 @@ def _key_problem(path: Path, *, private: bool) -> str | None:
 
 
 def _read_bundle(signature: Path) -> dict[str, Any]:
-    """The signature file as JSON, refused early with one clear message if it is not."""
+    """The signature file as JSON, refused early with one clear message if it is not; its
+    size and nesting are bounded before it is parsed (it comes from the archive)."""
     try:
-        size = signature.stat().st_size
-        if size > MAX_BUNDLE_BYTES:
-            raise _damaged(signature, f"it holds {size} bytes, more than the "
-                                      f"{MAX_BUNDLE_BYTES} a signature of 100,000 files needs")
-        bundle = json.loads(signature.read_text(encoding="utf-8"))
+        bundle = load_json(signature.read_bytes(), what=signature.name,
+                           max_bytes=MAX_BUNDLE_BYTES)
     except OSError as exc:
         raise SignatureError(f"cannot read {signature}: {exc.strerror or _detail(exc)}") from exc
-    except ValueError as exc:  # invalid UTF-8 or JSON
+    except (CorruptArchiveError, UnsafeArchiveError) as exc:
         raise _damaged(signature, exc) from exc
     if not isinstance(bundle, dict) or "dsseEnvelope" not in bundle:
         raise _damaged(signature, "it is not a Sigstore bundle")

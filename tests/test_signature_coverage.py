@@ -428,3 +428,13 @@ def test_other_layouts_sign_every_file_too(source, tmp_path, fmt, container):
     report = verify_archive(result.location, key=source.keys.public)
     assert (report.ok, report.authenticated) == (True, True), report.problems
     assert verify_archive(result.location, key=source.attacker.public).ok is False
+
+
+def test_a_deeply_nested_checksum_signature_is_refused_in_one_line(source, sandbox):
+    deep = Member(CHECKSUM_SIGNATURE_NAME, b"[" * 200_000 + b"]" * 200_000)
+    members = [deep if m.name == CHECKSUM_SIGNATURE_NAME else m for m in members_of(source.signed)]
+    path = write_members(sandbox.archives / "deep-sig.zip", members)
+    with pytest.raises(SignatureError, match="checksum.sig is damaged"):
+        import_archive(path, tracking_uri=sandbox.registry_uri, verify_key=source.keys.public)
+    assert not verify_archive(path).ok
+    assert registry_census(sandbox.registry_uri) == EMPTY_REGISTRY
