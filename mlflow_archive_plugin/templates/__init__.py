@@ -1,1 +1,0 @@
-"""Files copied verbatim into archives (a portable package's ``predict.py``); never imported."""
