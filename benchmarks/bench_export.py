@@ -56,11 +56,11 @@ def floor(model: Path, out: Path) -> None:
 
 def plugin_export(model: Path, out: Path) -> None:
     """The plugin's native export pipeline on the same files (no MLflow server involved)."""
-    from mlflow_archive_plugin.archive import write_archive
-    from mlflow_archive_plugin.containers import get_container
-    from mlflow_archive_plugin.layouts import get_layout
-    from mlflow_archive_plugin.location import resolve
+    from mlflow_archive_plugin.formats import get_layout
     from mlflow_archive_plugin.snapshot import Snapshot
+    from mlflow_archive_plugin.storage.containers import get_container
+    from mlflow_archive_plugin.storage.location import resolve
+    from mlflow_archive_plugin.storage.pipeline import write_archive
 
     snapshot = Snapshot(model_dir=model, mlmodel={"flavors": {}})
     write_archive(snapshot, get_layout("mlflow"), get_container("zip"), resolve(str(out)),
@@ -79,7 +79,7 @@ def plugin_export_model(store: Path, out: Path) -> None:
 def warm_up_store(store: Path) -> None:
     """Import MLflow and open the store once: MLflow's import and its per-process schema check
     (seconds, whatever the model's size) are not what the row measures."""
-    from mlflow_archive_plugin.tracking import connect
+    from mlflow_archive_plugin.mlflow_side.tracking import connect
 
     logged = json.loads(store.read_text())
     client = connect(logged["tracking_uri"])
@@ -130,7 +130,7 @@ def run_child(task: str, model: str, out: str) -> None:
     import resource
 
     if task == "verify" or task.startswith("mlflow-archive"):
-        import mlflow_archive_plugin.archive  # noqa: F401 - import time is not export time
+        import mlflow_archive_plugin.storage.pipeline  # noqa: F401 - import time is not export time
     if task == STORE_TASK:
         warm_up_store(Path(model))
     started = time.perf_counter()

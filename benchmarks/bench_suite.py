@@ -90,10 +90,11 @@ PLUGIN_CLI = "mlflow_archive_plugin.cli:cli"
 MLFLOW_CLI = "mlflow.cli:cli"
 # Modules a command would import anyway, loaded before its clock starts.
 PRELOAD = {
-    "export": ["mlflow", "mlflow_archive_plugin.api", "mlflow_archive_plugin.mlflow_source"],
-    "import": ["mlflow", "mlflow_archive_plugin.api", "mlflow_archive_plugin.registry"],
-    "bulk": ["mlflow", "mlflow_archive_plugin.bulk", "mlflow_archive_plugin.mlflow_source",
-             "mlflow_archive_plugin.registry"],
+    "export": ["mlflow", "mlflow_archive_plugin.api", "mlflow_archive_plugin.mlflow_side.source"],
+    "import": ["mlflow", "mlflow_archive_plugin.api", "mlflow_archive_plugin.mlflow_side.registry"],
+    "bulk": ["mlflow", "mlflow_archive_plugin.mlflow_side.bulk",
+             "mlflow_archive_plugin.mlflow_side.source",
+             "mlflow_archive_plugin.mlflow_side.registry"],
     "mlflow": ["mlflow", "mlflow.cli"],
 }
 WORKER_COUNTS = (1, 4)
@@ -122,11 +123,11 @@ def child_floor(model: str, out: str) -> None:
 
 def child_write(model: str, out: str) -> None:
     """The plugin's archive writer alone (mlflow layout, zip) on a local model folder."""
-    from mlflow_archive_plugin.archive import write_archive
-    from mlflow_archive_plugin.containers import get_container
-    from mlflow_archive_plugin.layouts import get_layout
-    from mlflow_archive_plugin.location import resolve
+    from mlflow_archive_plugin.formats import get_layout
     from mlflow_archive_plugin.snapshot import Snapshot
+    from mlflow_archive_plugin.storage.containers import get_container
+    from mlflow_archive_plugin.storage.location import resolve
+    from mlflow_archive_plugin.storage.pipeline import write_archive
 
     start = peak_kib()
     started = time.perf_counter()

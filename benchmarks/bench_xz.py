@@ -36,7 +36,7 @@ MODES = {  # mode: what it writes
 
 
 def sink_for(mode: str, target):
-    from mlflow_archive_plugin.containers.xz import XzWriter
+    from mlflow_archive_plugin.storage.containers.xz import XzWriter
 
     if mode == "copy":
         return contextlib.nullcontext(target)
@@ -46,7 +46,7 @@ def sink_for(mode: str, target):
 
 
 def child(mode: str, source: Path, dest: Path, limit: int) -> None:
-    from mlflow_archive_plugin.containers.tar import TarWriter
+    from mlflow_archive_plugin.storage.containers.tar import TarWriter
 
     start = time.perf_counter()
     if mode in ("tar", "tar.xz"):

@@ -13,8 +13,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow_archive_plugin import crypto
-from mlflow_archive_plugin.archive import (
+from mlflow_archive_plugin.errors import (
+    CorruptArchiveError,
+    EncryptionError,
+    IntegrityError,
+    SignatureError,
+    UnsupportedError,
+)
+from mlflow_archive_plugin.formats import LAYOUTS, Entry, Layout, detect_layout, get_layout
+from mlflow_archive_plugin.plugins.flavor import save_archive_model, stored_archive
+from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
+from mlflow_archive_plugin.storage.containers import CONTAINERS, get_container
+from mlflow_archive_plugin.storage.extents import materialize
+from mlflow_archive_plugin.storage.integrity import (
+    CHECKSUM_NAME,
+    CHECKSUM_SIGNATURE_NAME,
+    hash_stream,
+)
+from mlflow_archive_plugin.storage.location import (
+    fetched,
+    is_folder_target,
+    publish_file,
+    publish_folder,
+    refuse_existing,
+    resolve,
+)
+from mlflow_archive_plugin.storage.pipeline import (
     ReadLimits,
     Scanned,
     archive_digest,
@@ -23,35 +47,15 @@ from mlflow_archive_plugin.archive import (
     scan_archive,
     write_archive,
 )
-from mlflow_archive_plugin.containers import CONTAINERS, get_container
-from mlflow_archive_plugin.errors import (
-    CorruptArchiveError,
-    EncryptionError,
-    IntegrityError,
-    SignatureError,
-    UnsupportedError,
-)
-from mlflow_archive_plugin.extents import materialize
-from mlflow_archive_plugin.flavor import save_archive_model, stored_archive
-from mlflow_archive_plugin.integrity import CHECKSUM_NAME, CHECKSUM_SIGNATURE_NAME, hash_stream
-from mlflow_archive_plugin.layouts import LAYOUTS, Entry, Layout, detect_layout, get_layout
-from mlflow_archive_plugin.location import (
-    fetched,
-    is_folder_target,
-    publish_file,
-    publish_folder,
-    refuse_existing,
-    resolve,
-)
-from mlflow_archive_plugin.scanning import SCAN_MODES, enforce, scan_pickles
-from mlflow_archive_plugin.signing import (
+from mlflow_archive_plugin.trust import crypto
+from mlflow_archive_plugin.trust.scanning import SCAN_MODES, enforce, scan_pickles
+from mlflow_archive_plugin.trust.signing import (
     SIGNATURE_NAME,
     sign_file,
     sign_model_dir,
     signed_digest,
     verify_checksum_signature,
 )
-from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 
 # MLflow takes seconds to import and inspect/verify never need it, so the modules that talk
 # to MLflow (mlflow_source, registry, tracking) are imported inside export and import only.
@@ -178,7 +182,7 @@ def export_model(
     relative to the package root) for encrypted packages.
 
     Several URIs go into one archive where the format holds several models (``mlarchive``).
-    With ``encryption_key`` (32 bytes; see :func:`mlflow_archive_plugin.crypto.read_key`) the
+    With ``encryption_key`` (32 bytes; see :func:`mlflow_archive_plugin.trust.crypto.read_key`) the
     model files are encrypted with AES-256-GCM (``mlarchive`` only; the file is then named
     ``model-enc.mlarchive`` in a folder). Warnings (a framework MLSteam does not list) are
     returned in ``warnings``.
@@ -215,8 +219,8 @@ def export_model(
         )
     if not into_folder:
         refuse_existing(location, force)  # before any download, not after
-    from mlflow_archive_plugin.mlflow_source import read_model
-    from mlflow_archive_plugin.served import fetch_deferred
+    from mlflow_archive_plugin.mlflow_side.served import fetch_deferred
+    from mlflow_archive_plugin.mlflow_side.source import read_model
 
     with tempfile.TemporaryDirectory(prefix="mlflow-archive-export-") as scratch:
         snapshots = []
@@ -308,8 +312,8 @@ def import_archive(
     if on_exists not in ON_EXISTS_CHOICES:
         choices = ", ".join(ON_EXISTS_CHOICES)
         raise UnsupportedError(f"unknown on_exists {on_exists!r}; choose one of: {choices}")
-    from mlflow_archive_plugin.registry import register, unregister
-    from mlflow_archive_plugin.tracking import probe, resolve_tracking_uri
+    from mlflow_archive_plugin.mlflow_side.registry import register, unregister
+    from mlflow_archive_plugin.mlflow_side.tracking import probe, resolve_tracking_uri
 
     probe(resolve_tracking_uri(tracking_uri))
     with (

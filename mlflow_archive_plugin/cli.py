@@ -17,12 +17,12 @@ import click
 
 from mlflow_archive_plugin import api
 from mlflow_archive_plugin.api import ON_EXISTS_CHOICES
-from mlflow_archive_plugin.archive import ReadLimits
-from mlflow_archive_plugin.containers import CONTAINER_NAMES
-from mlflow_archive_plugin.crypto import read_key
 from mlflow_archive_plugin.errors import ArchiveError, UnsupportedError
-from mlflow_archive_plugin.layouts import LAYOUTS, mlarchive
-from mlflow_archive_plugin.scanning import SCAN_MODES, PickleFinding, enforce
+from mlflow_archive_plugin.formats import LAYOUTS, mlarchive
+from mlflow_archive_plugin.storage.containers import CONTAINER_NAMES
+from mlflow_archive_plugin.storage.pipeline import ReadLimits
+from mlflow_archive_plugin.trust.crypto import read_key
+from mlflow_archive_plugin.trust.scanning import SCAN_MODES, PickleFinding, enforce
 
 _KEY = click.Path(exists=True, dir_okay=False)
 # An encryption key file is checked by read_key, whose errors are one line.
@@ -450,7 +450,7 @@ def export_registry_command(models, all_models, dest, workers, fmt, container, t
     """Export every version of the chosen registered models into one folder, an archive each,
     plus registry-index.json (written last, so an interrupted run leaves none). A re-run
     exports only what is missing, damaged or changed."""
-    from mlflow_archive_plugin.bulk import export_registry
+    from mlflow_archive_plugin.mlflow_side.bulk import export_registry
 
     if bool(models) == all_models:
         raise UnsupportedError("name the models to export with --model NAME (repeatable), or "
@@ -485,7 +485,7 @@ def import_registry_command(source, workers, preserve_version_numbers, tracking_
     """Recreate what export-registry wrote at SOURCE (its folder or registry-index.json):
     each model's versions in their original order, then its aliases. A re-run imports only
     what the target does not hold yet."""
-    from mlflow_archive_plugin.bulk import import_registry
+    from mlflow_archive_plugin.mlflow_side.bulk import import_registry
 
     result = import_registry(source, workers=workers,
                              preserve_version_numbers=preserve_version_numbers,

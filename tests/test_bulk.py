@@ -26,15 +26,15 @@ from conftest import (
 from mlflow import MlflowClient
 from s3_server import moto_s3_in_environment
 
-from mlflow_archive_plugin.bulk import (
+from mlflow_archive_plugin.errors import CorruptArchiveError
+from mlflow_archive_plugin.mlflow_side.bulk import (
     INDEX_FORMAT,
     INDEX_NAME,
     archive_file_name,
     export_registry,
     import_registry,
 )
-from mlflow_archive_plugin.errors import CorruptArchiveError
-from mlflow_archive_plugin.registry import DIGEST_TAG
+from mlflow_archive_plugin.mlflow_side.registry import DIGEST_TAG
 
 pytestmark = pytest.mark.server
 

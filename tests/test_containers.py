@@ -20,20 +20,22 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_archive_plugin import archive, containers, layouts, location
+from mlflow_archive_plugin import formats as layouts
 from mlflow_archive_plugin.errors import (
     CorruptArchiveError,
     NotAnArchiveError,
     UnsafeArchiveError,
     UnsupportedError,
 )
-from mlflow_archive_plugin.integrity import CHECKSUM_NAME
 from mlflow_archive_plugin.snapshot import (
     METADATA_NAME,
     ModelVersionInfo,
     RegisteredModelInfo,
     Snapshot,
 )
+from mlflow_archive_plugin.storage import containers, location
+from mlflow_archive_plugin.storage import pipeline as archive
+from mlflow_archive_plugin.storage.integrity import CHECKSUM_NAME
 
 ALL_CONTAINERS = ["zip", "tar", "tar.gz", "tar.xz", "tar.bz2", "folder"]
 FILE_CONTAINERS = [name for name in ALL_CONTAINERS if name != "folder"]

@@ -23,10 +23,12 @@ import pytest
 from conftest import METADATA_FILE, unique
 from s3_server import cutting_proxy, moto_s3_in_environment
 
-from mlflow_archive_plugin import archive, containers, layouts, location
+from mlflow_archive_plugin import formats as layouts
 from mlflow_archive_plugin.errors import ArchiveError, UnsupportedError
-from mlflow_archive_plugin.integrity import CHUNK_SIZE, copy_and_hash
 from mlflow_archive_plugin.snapshot import Snapshot
+from mlflow_archive_plugin.storage import containers, location
+from mlflow_archive_plugin.storage import pipeline as archive
+from mlflow_archive_plugin.storage.integrity import CHUNK_SIZE, copy_and_hash
 
 MiB = 1024 * 1024
 HASH_THREAD = "mlflow-archive-sha256"
@@ -167,7 +169,7 @@ def local_store_model(tmp_path):
 
 
 def test_a_model_in_a_local_artifact_store_is_read_where_it_is(local_store_model, tmp_path):
-    from mlflow_archive_plugin.mlflow_source import read_model
+    from mlflow_archive_plugin.mlflow_side.source import read_model
 
     tracking_uri, logged, _ = local_store_model
     download = tmp_path / "download"

@@ -54,8 +54,8 @@ from mlflow.entities import ViewType
 from s3_server import moto_s3_in_environment
 
 from mlflow_archive_plugin.api import verify_archive
-from mlflow_archive_plugin.bulk import INDEX_NAME
-from mlflow_archive_plugin.registry import DIGEST_TAG, INCOMPLETE_TAG
+from mlflow_archive_plugin.mlflow_side.bulk import INDEX_NAME
+from mlflow_archive_plugin.mlflow_side.registry import DIGEST_TAG, INCOMPLETE_TAG
 
 pytestmark = pytest.mark.server
 

@@ -178,7 +178,8 @@ def test_log_model_returns_a_registered_model_info_with_both_flavors(logged):
     assert str(info.registered_model_version) == "1"
     assert info.model_uri == f"models:/{info.model_id}"
     assert {"mlflow_archive", "python_function"} <= set(info.flavors)
-    assert info.flavors["python_function"]["loader_module"] == "mlflow_archive_plugin.flavor"
+    loader = info.flavors["python_function"]["loader_module"]
+    assert loader == "mlflow_archive_plugin.plugins.flavor"
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

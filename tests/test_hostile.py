@@ -54,13 +54,13 @@ from mlflow_archive_plugin.errors import (
     UnsafeArchiveError,
     UnsupportedError,
 )
-from mlflow_archive_plugin.integrity import CHECKSUM_NAME, CHUNK_SIZE
 from mlflow_archive_plugin.snapshot import (
     METADATA_NAME,
     ModelVersionInfo,
     RegisteredModelInfo,
     Snapshot,
 )
+from mlflow_archive_plugin.storage.integrity import CHECKSUM_NAME, CHUNK_SIZE
 
 MIB = 1024 * 1024
 MODEL_NAME = "hostile-demo"

@@ -12,12 +12,12 @@ from conftest import register_iris_model
 from mlflow import MlflowClient
 
 from mlflow_archive_plugin import export_model, import_archive, verify_archive
-from mlflow_archive_plugin.archive import write_archive
-from mlflow_archive_plugin.containers import get_container
 from mlflow_archive_plugin.errors import UnsafeArchiveError, UnsupportedError
-from mlflow_archive_plugin.layouts import get_layout
-from mlflow_archive_plugin.location import resolve
+from mlflow_archive_plugin.formats import get_layout
 from mlflow_archive_plugin.snapshot import Snapshot
+from mlflow_archive_plugin.storage.containers import get_container
+from mlflow_archive_plugin.storage.location import resolve
+from mlflow_archive_plugin.storage.pipeline import write_archive
 
 QUOTED_NAME = "o'brien"
 

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_archive_plugin import archive, containers, layouts, location
+from mlflow_archive_plugin import formats as layouts
 from mlflow_archive_plugin.errors import CorruptArchiveError
-from mlflow_archive_plugin.integrity import (
+from mlflow_archive_plugin.snapshot import ModelVersionInfo, RegisteredModelInfo, Snapshot
+from mlflow_archive_plugin.storage import containers, location
+from mlflow_archive_plugin.storage import pipeline as archive
+from mlflow_archive_plugin.storage.integrity import (
     CHECKSUM_NAME,
     CHUNK_SIZE,
     FileRecord,
@@ -24,7 +27,6 @@ from mlflow_archive_plugin.integrity import (
     parse_checksums,
     render_checksums,
 )
-from mlflow_archive_plugin.snapshot import ModelVersionInfo, RegisteredModelInfo, Snapshot
 
 HASH_A = hashlib.sha256(b"a").hexdigest()
 HASH_B = hashlib.sha256(b"b").hexdigest()

@@ -11,7 +11,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from mlflow_archive_plugin import archive, containers, layouts, location
+from mlflow_archive_plugin import formats as layouts
 from mlflow_archive_plugin.errors import (
     ArchiveError,
     DestinationExistsError,
@@ -19,6 +19,8 @@ from mlflow_archive_plugin.errors import (
     UnsupportedError,
 )
 from mlflow_archive_plugin.snapshot import ModelVersionInfo, RegisteredModelInfo, Snapshot
+from mlflow_archive_plugin.storage import containers, location
+from mlflow_archive_plugin.storage import pipeline as archive
 
 OLD = b"the archive that was here before\n"
 

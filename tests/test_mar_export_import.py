@@ -38,7 +38,7 @@ from mlflow import MlflowClient
 pytestmark = pytest.mark.server
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlflow_archive_plugin"
-HANDLER_SOURCE = PACKAGE / "torchserve" / "mlflow_handler.py"
+HANDLER_SOURCE = PACKAGE / "formats" / "mar_handler.py"
 MANIFEST = "MAR-INF/MANIFEST.json"
 CONTAINERS = ["zip", "tgz", "folder"]
 

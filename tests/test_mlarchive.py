@@ -37,10 +37,10 @@ from conftest import (
 )
 from mlflow import MlflowClient
 
-from mlflow_archive_plugin import crypto
 from mlflow_archive_plugin.errors import ArchiveError, EncryptionError
-from mlflow_archive_plugin.layouts import mlarchive
-from mlflow_archive_plugin.mlsteam import load as load_hook
+from mlflow_archive_plugin.formats import mlarchive
+from mlflow_archive_plugin.formats.mlsteam import load as load_hook
+from mlflow_archive_plugin.trust import crypto
 
 pytestmark = pytest.mark.server
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_archive_plugin.containers.folder import FolderWriter
-from mlflow_archive_plugin.containers.tar import TarWriter
-from mlflow_archive_plugin.containers.zip import ZipWriter
+from mlflow_archive_plugin.storage.containers.folder import FolderWriter
+from mlflow_archive_plugin.storage.containers.tar import TarWriter
+from mlflow_archive_plugin.storage.containers.zip import ZipWriter
 from mlflow_archive_plugin.torchserve import (
     ModelArchiverConfig,
     ModelArchiverError,

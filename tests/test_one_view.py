@@ -35,8 +35,8 @@ from test_hostile import (  # noqa: F401 - fixtures, used by name
 )
 
 from mlflow_archive_plugin import ArchiveError, import_archive, inspect_archive, verify_archive
-from mlflow_archive_plugin.integrity import CHECKSUM_NAME
 from mlflow_archive_plugin.snapshot import METADATA_NAME
+from mlflow_archive_plugin.storage.integrity import CHECKSUM_NAME
 
 BIG = "model/big.bin"
 BIG_DATA = random.Random(15).randbytes(1536 * 1024)  # stored, >= 1 MiB: left unread

@@ -39,7 +39,7 @@ from packaging.requirements import Requirement
 
 from mlflow_archive_plugin import export_model, import_archive, verify_archive
 from mlflow_archive_plugin.errors import IntegrityError, UnsupportedError
-from mlflow_archive_plugin.layouts.portable import (
+from mlflow_archive_plugin.formats.portable import (
     payload_problems,
     pinned_requirements,
     signature_document,

@@ -35,7 +35,7 @@ from s3_server import (
     start_http_server,
 )
 
-from mlflow_archive_plugin import archive, containers, layouts, location
+from mlflow_archive_plugin import formats as layouts
 from mlflow_archive_plugin.api import export_model, import_archive, inspect_archive, verify_archive
 from mlflow_archive_plugin.errors import (
     ArchiveError,
@@ -44,6 +44,8 @@ from mlflow_archive_plugin.errors import (
     UnsupportedError,
 )
 from mlflow_archive_plugin.snapshot import ModelVersionInfo, RegisteredModelInfo, Snapshot
+from mlflow_archive_plugin.storage import containers, location
+from mlflow_archive_plugin.storage import pipeline as archive
 
 pytestmark = pytest.mark.server
 

@@ -29,7 +29,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from mlflow_archive_plugin.errors import UnsafeArchiveError, UnsupportedError
-from mlflow_archive_plugin.scanning import (
+from mlflow_archive_plugin.trust.scanning import (
     INSTALL_HINT,
     SCAN_MODES,
     PickleFinding,

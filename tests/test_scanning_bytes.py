@@ -35,10 +35,10 @@ from test_hostile import (  # noqa: F401  (fixtures are used by name)
 
 from mlflow_archive_plugin import export_model, import_archive, inspect_archive
 from mlflow_archive_plugin.errors import UnsafeArchiveError
-from mlflow_archive_plugin.extents import stays_in_place
-from mlflow_archive_plugin.integrity import FileRecord
-from mlflow_archive_plugin.scanning import enforce, scan_pickles
 from mlflow_archive_plugin.snapshot import METADATA_NAME
+from mlflow_archive_plugin.storage.extents import stays_in_place
+from mlflow_archive_plugin.storage.integrity import FileRecord
+from mlflow_archive_plugin.trust.scanning import enforce, scan_pickles
 
 
 def os_system(command: str = "touch /tmp/mlflow-archive-bytes-ran", protocol: int = 2) -> bytes:

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from mlflow_archive_plugin import export_model, import_archive, inspect_archive, verify_archive
 from mlflow_archive_plugin.errors import SignatureError, UnsafeArchiveError
-from mlflow_archive_plugin.integrity import CHECKSUM_NAME, FileRecord, render_checksums
+from mlflow_archive_plugin.storage.integrity import CHECKSUM_NAME, FileRecord, render_checksums
 
 MODEL_NAME = "signed-iris"
 

@@ -36,9 +36,9 @@ from test_hostile import EMPTY_REGISTRY, Member, Sandbox, patch_zip_entry
 
 from mlflow_archive_plugin import export_model, import_archive, verify_archive
 from mlflow_archive_plugin.errors import ArchiveError, IntegrityError, SignatureError
-from mlflow_archive_plugin.integrity import CHECKSUM_NAME, CHECKSUM_SIGNATURE_NAME
-from mlflow_archive_plugin.signing import SIGNATURE_NAME, sign_file
 from mlflow_archive_plugin.snapshot import METADATA_NAME
+from mlflow_archive_plugin.storage.integrity import CHECKSUM_NAME, CHECKSUM_SIGNATURE_NAME
+from mlflow_archive_plugin.trust.signing import SIGNATURE_NAME, sign_file
 
 # test_hostile's sandbox (TMPDIR, working directory and an empty registry inside tmp_path).
 sandbox = test_hostile.sandbox

@@ -21,13 +21,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from mlflow_archive_plugin import signing
 from mlflow_archive_plugin.errors import (
     IntegrityError,
     SourceNotFoundError,
     UnsupportedError,
 )
-from mlflow_archive_plugin.signing import SIGNATURE_NAME, SignatureError
+from mlflow_archive_plugin.trust import signing
+from mlflow_archive_plugin.trust.signing import SIGNATURE_NAME, SignatureError
 
 MODEL_FILES = {
     "MLmodel": b"artifact_path: model\nflavors:\n  python_function:\n    loader_module: x\n",
@@ -555,7 +555,7 @@ def test_importing_the_module_does_not_import_model_signing():
     """The plugin works without the extra: model_signing is imported only when used."""
     code = (
         "import sys\n"
-        "import mlflow_archive_plugin.signing\n"
+        "import mlflow_archive_plugin.trust.signing\n"
         "assert 'model_signing' not in sys.modules, 'imported eagerly'\n"
     )
     result = subprocess.run(

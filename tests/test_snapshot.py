@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_archive_plugin import archive, containers, layouts, location
+from mlflow_archive_plugin import formats as layouts
 from mlflow_archive_plugin.errors import CorruptArchiveError
-from mlflow_archive_plugin.integrity import FileRecord
 from mlflow_archive_plugin.snapshot import (
     METADATA_NAME,
     SCHEMA_VERSION,
@@ -20,6 +19,9 @@ from mlflow_archive_plugin.snapshot import (
     RunInfo,
     Snapshot,
 )
+from mlflow_archive_plugin.storage import containers, location
+from mlflow_archive_plugin.storage import pipeline as archive
+from mlflow_archive_plugin.storage.integrity import FileRecord
 
 MODEL_DIR = Path("/nonexistent/model")
 

@@ -26,12 +26,16 @@ import pytest
 from conftest import global_tracking_uri, registry_census, unique
 from mlflow.entities import ViewType
 
-from mlflow_archive_plugin import api, archive, containers, layouts, location, served
+from mlflow_archive_plugin import api
+from mlflow_archive_plugin import formats as layouts
 from mlflow_archive_plugin.errors import ArchiveError, IntegrityError, UnsafeArchiveError
-from mlflow_archive_plugin.extents import Extent
-from mlflow_archive_plugin.integrity import parse_checksums
-from mlflow_archive_plugin.mlflow_source import read_model
-from mlflow_archive_plugin.registry import register
+from mlflow_archive_plugin.mlflow_side import served
+from mlflow_archive_plugin.mlflow_side.registry import register
+from mlflow_archive_plugin.mlflow_side.source import read_model
+from mlflow_archive_plugin.storage import containers, location
+from mlflow_archive_plugin.storage import pipeline as archive
+from mlflow_archive_plugin.storage.extents import Extent
+from mlflow_archive_plugin.storage.integrity import parse_checksums
 
 pytestmark = pytest.mark.server
 
@@ -457,7 +461,7 @@ def test_a_signed_archive_with_entries_in_place_verifies_its_signature(served_mo
 
 
 def test_an_extent_reads_only_its_own_bytes(tmp_path):
-    from mlflow_archive_plugin.extents import UploadBody, open_extent
+    from mlflow_archive_plugin.storage.extents import UploadBody, open_extent
 
     data = random.Random(2).randbytes(3 * 1024 * 1024)
     path = tmp_path / "blob"

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlflow_archive_plugin.containers.tar import TarReader, TarWriter
-from mlflow_archive_plugin.containers.xz import BLOCK_SIZE, XzWriter
+from mlflow_archive_plugin.storage.containers.tar import TarReader, TarWriter
+from mlflow_archive_plugin.storage.containers.xz import BLOCK_SIZE, XzWriter
 
 KIB = 1024
 CHUNK = 64 * KIB  # the most one LZMA2 uncompressed chunk holds

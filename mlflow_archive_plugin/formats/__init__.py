@@ -1,16 +1,18 @@
-"""Layouts by name, and detection of an extracted archive's layout in one place."""
+"""Formats: the layouts (native, MLSteam, TorchServe, BentoML, portable) with the files they copy
+into archives, and detection of a layout in one place. Never imports the MLflow side.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from mlflow_archive_plugin.errors import UnsupportedError
-from mlflow_archive_plugin.layouts.base import Entry, Layout
-from mlflow_archive_plugin.layouts.bentoml import BentomlLayout
-from mlflow_archive_plugin.layouts.mar import MarLayout
-from mlflow_archive_plugin.layouts.mlarchive import MlarchiveLayout
-from mlflow_archive_plugin.layouts.mlflow import MlflowLayout
-from mlflow_archive_plugin.layouts.portable import PortableLayout
+from mlflow_archive_plugin.formats.base import Entry, Layout
+from mlflow_archive_plugin.formats.bentoml import BentomlLayout
+from mlflow_archive_plugin.formats.mar import MarLayout
+from mlflow_archive_plugin.formats.mlarchive import MlarchiveLayout
+from mlflow_archive_plugin.formats.mlflow import MlflowLayout
+from mlflow_archive_plugin.formats.portable import PortableLayout
 
 # Detection tries them in this order: our own metadata document first (a portable package's
 # and an MLSteam package's before the native layout, which takes any), then foreign manifests.

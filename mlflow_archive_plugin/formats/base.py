@@ -15,7 +15,7 @@ from mlflow_archive_plugin.errors import UnsupportedError
 from mlflow_archive_plugin.snapshot import Snapshot
 
 if TYPE_CHECKING:
-    from mlflow_archive_plugin.containers import Container
+    from mlflow_archive_plugin.storage.containers import Container
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from mlflow_archive_plugin.errors import CorruptArchiveError, UnsupportedError
-from mlflow_archive_plugin.layouts.base import Entry, Layout
-from mlflow_archive_plugin.layouts.mlflow import model_files
+from mlflow_archive_plugin.formats.base import Entry, Layout
+from mlflow_archive_plugin.formats.mlflow import model_files
 from mlflow_archive_plugin.snapshot import (
     METADATA_NAME,
     LoggedModelInfo,

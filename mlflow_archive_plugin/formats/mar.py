@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_archive_plugin.errors import CorruptArchiveError, UnsupportedError
-from mlflow_archive_plugin.layouts.base import Entry, Layout
-from mlflow_archive_plugin.layouts.mlflow import model_files
+from mlflow_archive_plugin.formats.base import Entry, Layout
+from mlflow_archive_plugin.formats.mlflow import model_files
 from mlflow_archive_plugin.snapshot import (
     METADATA_NAME,
     LoggedModelInfo,
@@ -41,7 +41,7 @@ TAG_PREFIX = "torchserve."
 OPTIONS = ("handler", "model_file", "serialized_file", "extra_files", "config_file",
            "requirements_file")
 _INVALID_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-.]+")
-_HANDLER_SOURCE = Path(__file__).resolve().parent.parent / "torchserve" / HANDLER_NAME
+_HANDLER_SOURCE = Path(__file__).resolve().parent / "mar_handler.py"
 
 
 def torchserve_name(snapshot: Snapshot) -> str:

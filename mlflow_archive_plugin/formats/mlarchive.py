@@ -4,7 +4,7 @@ An exported package is a zip holding ``manifest.json`` (first), the MLflow model
 ``models/`` (each of several under ``models/<slug>/``), ``hooks/load.py`` and
 ``hooks/predict.py`` (which load and predict with ``mlflow.pyfunc``), and the shared metadata
 document and checksums. Encrypted packages hold each model file as ``<file>.enc`` (see
-:mod:`mlflow_archive_plugin.crypto`). A package written by hand to the spec has no metadata
+:mod:`mlflow_archive_plugin.trust.crypto`). A package written by hand to the spec has no metadata
 document: an MLflow model under ``models/`` is registered with the manifest's fields as
 ``mlsteam.*`` tags and its hook files as ``mlsteam.hook.<path>`` tags, which a later export
 writes back in place of the generated hooks; anything else is kept whole as an
@@ -23,12 +23,11 @@ from typing import Any
 
 import yaml
 
-from mlflow_archive_plugin import crypto
 from mlflow_archive_plugin.errors import CorruptArchiveError, UnsupportedError
-from mlflow_archive_plugin.layouts.base import Entry, Layout
-from mlflow_archive_plugin.layouts.mlflow import MlflowLayout, model_files
-from mlflow_archive_plugin.mlsteam import load as load_hook
-from mlflow_archive_plugin.mlsteam import predict as predict_hook
+from mlflow_archive_plugin.formats.base import Entry, Layout
+from mlflow_archive_plugin.formats.mlflow import MlflowLayout, model_files
+from mlflow_archive_plugin.formats.mlsteam import load as load_hook
+from mlflow_archive_plugin.formats.mlsteam import predict as predict_hook
 from mlflow_archive_plugin.snapshot import (
     METADATA_NAME,
     LoggedModelInfo,
@@ -36,6 +35,7 @@ from mlflow_archive_plugin.snapshot import (
     RegisteredModelInfo,
     Snapshot,
 )
+from mlflow_archive_plugin.trust import crypto
 
 MANIFEST_NAME = "manifest.json"
 MODELS_DIR = "models"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError, UnsupportedError
-from mlflow_archive_plugin.layouts.base import Entry, Layout
+from mlflow_archive_plugin.formats.base import Entry, Layout
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")

@@ -26,8 +26,8 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 
 from mlflow_archive_plugin.errors import IntegrityError, UnsupportedError
-from mlflow_archive_plugin.layouts.base import Entry, Layout
-from mlflow_archive_plugin.layouts.mlflow import MlflowLayout, model_files
+from mlflow_archive_plugin.formats.base import Entry, Layout
+from mlflow_archive_plugin.formats.mlflow import MlflowLayout, model_files
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 
 MODEL_DIR = "model"
@@ -46,7 +46,7 @@ SERVING_KEYS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 # How long ``verify --run`` lets predict.py take on the example, loading the model included.
 RUN_TIMEOUT_SECONDS = 600
 
-_PREDICT_SOURCE = Path(__file__).resolve().parent.parent / "templates" / "portable_predict.py"
+_PREDICT_SOURCE = Path(__file__).resolve().parent / "portable_predict.py"
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 # Options that pull other files into a requirements file or install from a source tree:
 # nothing a pinned, self-contained requirements.txt can hold.

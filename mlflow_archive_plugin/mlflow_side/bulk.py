@@ -15,9 +15,10 @@ others carry on; the result lists every failure, one line each.
 
 Models go in parallel (``workers`` threads), the versions of one model one after another.
 Registering a version points MLflow's process-global tracking URI at the target (see
-:func:`mlflow_archive_plugin.tracking.global_tracking_uri`); threads swapping it to and fro
-would race, so a bulk run points it, and the environment variables the workers set, at the
-one value every worker wants before the threads start and restores them when the run ends.
+:func:`~mlflow_archive_plugin.mlflow_side.tracking.global_tracking_uri`); threads
+swapping it to and fro would race, so a bulk run points it, and the environment variables the
+workers set, at the one value every worker wants before the threads start and restores them
+when the run ends.
 Every swap a worker makes then writes the value that is already there.
 """
 
@@ -40,16 +41,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow_archive_plugin.containers import get_container
 from mlflow_archive_plugin.errors import (
     ArchiveError,
     CorruptArchiveError,
     SourceNotFoundError,
     UnsupportedError,
 )
-from mlflow_archive_plugin.layouts import get_layout
-from mlflow_archive_plugin.location import Location, publish_file, remote_errors, resolve
+from mlflow_archive_plugin.formats import get_layout
 from mlflow_archive_plugin.progress import enabled
+from mlflow_archive_plugin.storage.containers import get_container
+from mlflow_archive_plugin.storage.location import Location, publish_file, remote_errors, resolve
 
 INDEX_NAME = "registry-index.json"
 INDEX_FORMAT = "mlflow-archive-registry-index"
@@ -185,7 +186,7 @@ def export_registry(
     named under ``failed`` instead, and in the result's ``failures``. ``on_version`` is
     called (from one thread at a time) with each version's outcome as it is known.
     """
-    from mlflow_archive_plugin.tracking import connect, redact_uri, resolve_tracking_uri
+    from mlflow_archive_plugin.mlflow_side.tracking import connect, redact_uri, resolve_tracking_uri
 
     started = time.monotonic()
     count = _worker_count(workers)
@@ -283,7 +284,7 @@ def _select_models(client, names: Sequence[str] | None) -> tuple[list, list[Fail
     """The registered models to export, sorted by name, and a failure per unknown name."""
     from mlflow.exceptions import MlflowException
 
-    from mlflow_archive_plugin.tracking import first_line, is_missing, mlflow_errors
+    from mlflow_archive_plugin.mlflow_side.tracking import first_line, is_missing, mlflow_errors
 
     if names is None:
         with mlflow_errors("cannot list the registered models"):
@@ -305,7 +306,7 @@ def _select_models(client, names: Sequence[str] | None) -> tuple[list, list[Fail
 def _versions_by_model(client, names: list[str], every_model: bool) -> dict[str, list]:
     """Each model's versions in numeric order (10 after 9): one search for a whole
     registry, one per model otherwise."""
-    from mlflow_archive_plugin.tracking import filter_value, mlflow_errors
+    from mlflow_archive_plugin.mlflow_side.tracking import filter_value, mlflow_errors
 
     found: list = []
     with mlflow_errors("cannot list model versions"):
@@ -485,7 +486,7 @@ def import_registry(
     (MLflow never reuses a deleted number); one the target has already gone past gets the
     next free number and is listed in ``renumbered``.
     """
-    from mlflow_archive_plugin.tracking import connect, redact_uri, resolve_tracking_uri
+    from mlflow_archive_plugin.mlflow_side.tracking import connect, redact_uri, resolve_tracking_uri
 
     started = time.monotonic()
     count = _worker_count(workers)
@@ -610,7 +611,7 @@ def _check_index_version(version: Any, name: str, bad) -> None:
 def _import_model(plan: _ImportPlan, entry: dict[str, Any],
                   report: Reporter) -> tuple[list[VersionOutcome], list[str]]:
     """Import one model's versions in order, then its aliases and description."""
-    from mlflow_archive_plugin.tracking import connect, first_line
+    from mlflow_archive_plugin.mlflow_side.tracking import connect, first_line
 
     name = entry["name"]
     outcomes: list[VersionOutcome] = []
@@ -697,8 +698,12 @@ class _TargetModel:
         """The model's visible versions; placeholders a killed run left are deleted first."""
         from mlflow.exceptions import MlflowException
 
-        from mlflow_archive_plugin.registry import DIGEST_TAG
-        from mlflow_archive_plugin.tracking import filter_value, is_missing, mlflow_errors
+        from mlflow_archive_plugin.mlflow_side.registry import DIGEST_TAG
+        from mlflow_archive_plugin.mlflow_side.tracking import (
+            filter_value,
+            is_missing,
+            mlflow_errors,
+        )
 
         with mlflow_errors(f"cannot read registered model {name!r} in the target"):
             try:
@@ -791,7 +796,7 @@ class _TargetModel:
 def _pinned_globals(tracking_uri: str) -> Iterator[None]:
     """Hold MLflow's global tracking URI, and the variables registration and download set,
     at the values every worker wants, for the whole run (see the module docstring)."""
-    from mlflow_archive_plugin.tracking import environment, global_tracking_uri
+    from mlflow_archive_plugin.mlflow_side.tracking import environment, global_tracking_uri
 
     with global_tracking_uri(tracking_uri), environment(
         MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
@@ -871,7 +876,7 @@ def _counts(outcomes: list[VersionOutcome]) -> dict[str, int]:
 def _reason(exc: BaseException) -> str:
     """One line for a failed version: the plugin's own message, else the exception's type
     and first line."""
-    from mlflow_archive_plugin.tracking import first_line
+    from mlflow_archive_plugin.mlflow_side.tracking import first_line
 
     if isinstance(exc, ArchiveError):
         return first_line(exc)

@@ -17,19 +17,19 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from mlflow_archive_plugin.archive import (
-    metadata_problems,
-    read_snapshot,
-    scan_archive,
-)
-from mlflow_archive_plugin.containers import CONTAINERS
 from mlflow_archive_plugin.errors import (
     ArchiveError,
     CorruptArchiveError,
     EncryptionError,
     IntegrityError,
 )
-from mlflow_archive_plugin.location import Location, fetched, resolve
+from mlflow_archive_plugin.storage.containers import CONTAINERS
+from mlflow_archive_plugin.storage.location import Location, fetched, resolve
+from mlflow_archive_plugin.storage.pipeline import (
+    metadata_problems,
+    read_snapshot,
+    scan_archive,
+)
 
 # File names that mark an archive rather than a plain file or folder: each container's own
 # extension plus the names the layouts give (.mar, .bentomodel, .mlarchive) and the aliases
@@ -57,7 +57,7 @@ def materialize(url: str | os.PathLike | Location, dst: str | os.PathLike, *,
     several), byte for byte; otherwise an ``mlflow_archive`` flavor model holding the
     archive. ``dst`` must not exist or be an empty folder. Any failure is a one-line
     :class:`~mlflow_archive_plugin.errors.ArchiveError` and leaves nothing at ``dst``.
-    An already resolved :class:`~mlflow_archive_plugin.location.Location` is taken as it is.
+    An already resolved :class:`~mlflow_archive_plugin.storage.location.Location` is taken as it is.
     """
     target = Path(dst).absolute()
     if target.exists() and not (target.is_dir() and not any(target.iterdir())):
@@ -114,6 +114,6 @@ def _build(location: Location, into: Path) -> None:
 def _save_flavor_model(location: Location, into: Path) -> None:
     """An ``mlflow_archive`` flavor model holding the (local, already verified) archive; the
     flavor adds the python_function flavor where the archive can predict."""
-    from mlflow_archive_plugin import flavor
+    from mlflow_archive_plugin.plugins import flavor
 
     flavor.save_model(location.path, str(into))

@@ -21,10 +21,8 @@ from mlflow.entities import LoggedModelOutput, Metric, Param
 from mlflow.exceptions import MlflowException
 
 from mlflow_archive_plugin.errors import TrackingServerError, UnsupportedError, VersionExistsError
-from mlflow_archive_plugin.extents import Extent, materialize
-from mlflow_archive_plugin.served import proxied_repository, upload_through_proxy
-from mlflow_archive_plugin.snapshot import Snapshot
-from mlflow_archive_plugin.tracking import (
+from mlflow_archive_plugin.mlflow_side.served import proxied_repository, upload_through_proxy
+from mlflow_archive_plugin.mlflow_side.tracking import (
     MLFLOW_MODEL_VERSIONS,
     connect,
     environment,
@@ -34,6 +32,8 @@ from mlflow_archive_plugin.tracking import (
     mlflow_errors,
     resolve_tracking_uri,
 )
+from mlflow_archive_plugin.snapshot import Snapshot
+from mlflow_archive_plugin.storage.extents import Extent, materialize
 
 DIGEST_TAG = "mlflow_archive.digest"
 # On the run and logged model of an import until its version exists (value: the digest), so

@@ -23,8 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_archive_plugin.errors import ArchiveError, CorruptArchiveError
-from mlflow_archive_plugin.extents import Extent, UploadBody, make_placeholder, stays_in_place
-from mlflow_archive_plugin.integrity import CHUNK_SIZE
+from mlflow_archive_plugin.storage.extents import (
+    Extent,
+    UploadBody,
+    make_placeholder,
+    stays_in_place,
+)
+from mlflow_archive_plugin.storage.integrity import CHUNK_SIZE
 
 _DOWNLOAD_THREADS = 4
 

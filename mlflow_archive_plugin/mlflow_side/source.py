@@ -15,16 +15,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from mlflow_archive_plugin.errors import CorruptArchiveError, ModelNotFoundError
-from mlflow_archive_plugin.served import stream_from_server
-from mlflow_archive_plugin.snapshot import (
-    Lineage,
-    LoggedModelInfo,
-    ModelVersionInfo,
-    RegisteredModelInfo,
-    RunInfo,
-    Snapshot,
-)
-from mlflow_archive_plugin.tracking import (
+from mlflow_archive_plugin.mlflow_side.served import stream_from_server
+from mlflow_archive_plugin.mlflow_side.tracking import (
     MLFLOW_MODEL_VERSIONS,
     connect,
     environment,
@@ -33,6 +25,14 @@ from mlflow_archive_plugin.tracking import (
     mlflow_errors,
     redact_uri,
     resolve_tracking_uri,
+)
+from mlflow_archive_plugin.snapshot import (
+    Lineage,
+    LoggedModelInfo,
+    ModelVersionInfo,
+    RegisteredModelInfo,
+    RunInfo,
+    Snapshot,
 )
 
 _LOGGED_MODEL = re.compile(r"^models:/(m-[0-9a-f]+)/?$")

@@ -3,7 +3,7 @@
 MLflow picks an artifact repository by the scheme of a URI; this one is registered for
 ``archive+file``, ``archive+s3``, ``archive+gs``, ``archive+memory``, ``archive+ftp``,
 ``archive+http`` and ``archive+https``. Without its ``archive+`` prefix the URI is an fsspec
-URL, reached through :mod:`mlflow_archive_plugin.location`. One class serves three uses:
+URL, reached through :mod:`mlflow_archive_plugin.storage.location`. One class serves three uses:
 
 - **Reading an archive as a model.** A path that names an archive file (``x.zip``, ``x.mar``,
   ``x.bentomodel`` ...) reads as the folder of the MLflow model inside it, once its checksums
@@ -57,8 +57,6 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
-from mlflow_archive_plugin.archive import write_archive
-from mlflow_archive_plugin.containers import CONTAINERS, get_container
 from mlflow_archive_plugin.errors import (
     ArchiveError,
     CorruptArchiveError,
@@ -67,10 +65,12 @@ from mlflow_archive_plugin.errors import (
     SourceNotFoundError,
     UnsupportedError,
 )
-from mlflow_archive_plugin.layouts import get_layout
-from mlflow_archive_plugin.location import Location, publish_file, remote_errors, resolve
-from mlflow_archive_plugin.materialize import is_archive_name, materialize
+from mlflow_archive_plugin.formats import get_layout
+from mlflow_archive_plugin.mlflow_side.materialize import is_archive_name, materialize
 from mlflow_archive_plugin.snapshot import Lineage, LoggedModelInfo, Snapshot
+from mlflow_archive_plugin.storage.containers import CONTAINERS, get_container
+from mlflow_archive_plugin.storage.location import Location, publish_file, remote_errors, resolve
+from mlflow_archive_plugin.storage.pipeline import write_archive
 
 _logger = logging.getLogger(__name__)
 
@@ -501,7 +501,7 @@ def enforce_host_policy(inner: str) -> None:
         if configured.startswith(PREFIX):
             trusted |= host_policy.host_addressed_uri_targets(configured[len(PREFIX):]) or set()
     if not targets & trusted:
-        from mlflow_archive_plugin.tracking import redact_uri
+        from mlflow_archive_plugin.mlflow_side.tracking import redact_uri
 
         raise MlflowException(
             host_policy.host_addressed_rejection_message(PREFIX + scheme,
@@ -588,7 +588,7 @@ def snapshot_of_folder(model_dir: Path, destination: str, *, name: str) -> Snaps
     import mlflow
 
     from mlflow_archive_plugin import __version__
-    from mlflow_archive_plugin.tracking import redact_uri
+    from mlflow_archive_plugin.mlflow_side.tracking import redact_uri
 
     return Snapshot(
         model_dir=model_dir,

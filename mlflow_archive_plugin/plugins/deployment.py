@@ -43,10 +43,10 @@ from mlflow.protos.databricks_pb2 import (
     RESOURCE_DOES_NOT_EXIST,
 )
 
-from mlflow_archive_plugin.containers import CONTAINERS
 from mlflow_archive_plugin.errors import ArchiveError
-from mlflow_archive_plugin.layouts import LAYOUTS
-from mlflow_archive_plugin.location import Location, fetched, remote_errors, resolve
+from mlflow_archive_plugin.formats import LAYOUTS
+from mlflow_archive_plugin.storage.containers import CONTAINERS
+from mlflow_archive_plugin.storage.location import Location, fetched, remote_errors, resolve
 
 TARGET_NAME = "archive"
 DEFAULT_STORE = "mlflow-archive-deployments"
@@ -176,7 +176,7 @@ def run_local(name: str, model_uri: str, flavor: str | None = None,
     from mlflow.models.flavor_backend_registry import get_flavor_backend
 
     from mlflow_archive_plugin.api import export_model
-    from mlflow_archive_plugin.materialize import materialize
+    from mlflow_archive_plugin.mlflow_side.materialize import materialize
 
     _check_name(name)
     _check_flavor(flavor)
@@ -433,7 +433,7 @@ class ArchiveDeploymentClient(BaseDeploymentClient):
     def _write_record(self, name: str, record: dict[str, Any], *, replace: bool) -> None:
         """Write the record in one step: a rename over the old one locally, a single upload
         (which object stores make visible only when complete) elsewhere."""
-        from mlflow_archive_plugin.location import publish_file
+        from mlflow_archive_plugin.storage.location import publish_file
 
         where = self._record_location(name)
         data = (json.dumps(record, indent=2) + "\n").encode()
@@ -476,7 +476,7 @@ class ArchiveDeploymentClient(BaseDeploymentClient):
         """The record's archive, checked against its sha256, verified and loaded by pyfunc."""
         import mlflow.pyfunc
 
-        from mlflow_archive_plugin.materialize import materialize
+        from mlflow_archive_plugin.mlflow_side.materialize import materialize
 
         name = record["name"]
         folder = tempfile.TemporaryDirectory(prefix="mlflow-archive-deployment-")

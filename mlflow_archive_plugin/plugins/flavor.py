@@ -9,7 +9,7 @@ archive (a ``.mar`` from torch-model-archiver) stores it the same way through
 such a model in its own layout gives the stored archive back unchanged.
 
 When the archive can predict (an MLflow model inside, MLSteam hooks, a portable
-``predict.py``; see :mod:`mlflow_archive_plugin.archive_pyfunc`) the model also gets a
+``predict.py``; see :mod:`mlflow_archive_plugin.plugins.pyfunc`) the model also gets a
 ``python_function`` flavor; otherwise the entry's ``pyfunc_unavailable`` says why.
 :func:`load_model` returns an :class:`ArchiveModel` that exposes the archive and extracts it.
 
@@ -41,7 +41,8 @@ from mlflow_archive_plugin.errors import (
     SourceNotFoundError,
     UnsupportedError,
 )
-from mlflow_archive_plugin.location import Location, remote_errors, resolve
+from mlflow_archive_plugin.plugins.pyfunc import extract_verified as extract_verified
+from mlflow_archive_plugin.storage.location import Location, remote_errors, resolve
 
 FLAVOR_NAME = "mlflow_archive"
 ARCHIVE_DIR = "archive"
@@ -80,7 +81,7 @@ def save_archive_model(
     from mlflow.models import Model
 
     from mlflow_archive_plugin import __version__
-    from mlflow_archive_plugin.archive_pyfunc import choose
+    from mlflow_archive_plugin.plugins.pyfunc import choose
 
     files = path / FILES_DIR
     files.mkdir(parents=True)
@@ -109,7 +110,7 @@ def save_archive_model(
         **_prediction_keys(choice),
     )
     if choice.mode is not None:
-        from mlflow_archive_plugin.archive_pyfunc import mlsteam_signature
+        from mlflow_archive_plugin.plugins.pyfunc import mlsteam_signature
 
         _add_pyfunc(model, path, _default_requirements(files, choice), None, None,
                     mode=choice.mode)
@@ -155,14 +156,14 @@ def _prepared(archive: str | os.PathLike, storage_options: dict | None,
               predict_with: str | None) -> Iterator[_Prepared]:
     """The archive at ``archive`` copied, extracted and verified in a scratch folder, removed
     afterwards; a damaged or unknown archive is a one-line :class:`ArchiveError`."""
-    from mlflow_archive_plugin.archive import (
+    from mlflow_archive_plugin.plugins.pyfunc import choose
+    from mlflow_archive_plugin.snapshot import METADATA_NAME
+    from mlflow_archive_plugin.storage.pipeline import (
         archive_digest,
         metadata_problems,
         read_snapshot,
         scan_archive,
     )
-    from mlflow_archive_plugin.archive_pyfunc import choose
-    from mlflow_archive_plugin.snapshot import METADATA_NAME
 
     location = resolve(archive, storage_options)
     name = posixpath.basename(location.path.rstrip("/")) or "archive"
@@ -224,27 +225,6 @@ def _copy_archive(location: Location, target: Path) -> None:
             raise UnsupportedError(f"{location.url} is a remote folder; download it or pack it "
                                    "as a zip first")
         location.fs.get_file(location.path, str(target))
-
-
-def extract_verified(stored: Path, digest: str, into: Path) -> None:
-    """Extract the stored archive into the empty folder ``into`` through the plugin's reader,
-    refusing it unless every file matches its ``checksum.txt`` and the content digest is the
-    one recorded when it was saved. On failure ``into`` may hold files; the caller removes
-    them."""
-    from mlflow_archive_plugin.archive import archive_digest, scan_archive
-    from mlflow_archive_plugin.integrity import CHECKSUM_NAME
-
-    scanned = scan_archive(resolve(stored), extract_to=into)
-    problems = (scanned.integrity_problems() if CHECKSUM_NAME in scanned.records
-                else list(scanned.problems))
-    found = archive_digest(scanned)
-    if digest and found != digest:
-        problems.append(f"{stored.name}: its content digest is {found}, not {digest} as when "
-                        "it was saved, so it was altered")
-    if problems:
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise IntegrityError(f"the stored archive failed verification: {problems[0]}{more}; "
-                             "log the model again from a good copy", problems)
 
 
 # --------------------------------------------------------------------------- save and log
@@ -451,7 +431,7 @@ def _add_pyfunc(model: Any, path: Path, default_requirements: list[str],
         _PythonEnv,
     )
 
-    from mlflow_archive_plugin.archive_pyfunc import HOOK_CONFIG
+    from mlflow_archive_plugin.plugins.pyfunc import HOOK_CONFIG
 
     conda_env, requirements, constraints = _process_pip_requirements(
         default_requirements, pip_requirements, extra_pip_requirements)
@@ -511,7 +491,7 @@ def _known_signature(prepared: _Prepared, input_example: Any) -> Any:
     example's inputs; None if nothing says."""
     from mlflow.models import ModelSignature, infer_signature
 
-    from mlflow_archive_plugin.archive_pyfunc import mlsteam_signature, read_mlmodel
+    from mlflow_archive_plugin.plugins.pyfunc import mlsteam_signature, read_mlmodel
 
     snapshot, choice = prepared.snapshot, prepared.choice
     mlmodel: dict[str, Any] = {}
@@ -531,7 +511,7 @@ def _known_signature(prepared: _Prepared, input_example: Any) -> Any:
 
 def _copy_input_example(inner: Path, path: Path, mlflow_model: Any) -> None:
     """Take over the inner model's saved input example (its files and their MLmodel entry)."""
-    from mlflow_archive_plugin.archive_pyfunc import read_mlmodel
+    from mlflow_archive_plugin.plugins.pyfunc import read_mlmodel
 
     info = read_mlmodel(inner / "MLmodel").get("saved_input_example_info")
     if not isinstance(info, dict):
@@ -547,7 +527,7 @@ def _copy_input_example(inner: Path, path: Path, mlflow_model: Any) -> None:
 
 
 def _file_identity(stored: Path) -> dict[str, Any]:
-    from mlflow_archive_plugin.integrity import hash_stream
+    from mlflow_archive_plugin.storage.integrity import hash_stream
 
     with stored.open("rb") as handle:
         size, sha256 = hash_stream(handle)
@@ -652,7 +632,7 @@ class ArchiveModel:
         members = self.flavor.get("members")
         if isinstance(members, list):
             return [str(member) for member in members]
-        from mlflow_archive_plugin.archive import scan_archive
+        from mlflow_archive_plugin.storage.pipeline import scan_archive
 
         return sorted(scan_archive(resolve(self.archive_path)).records)
 
@@ -721,7 +701,7 @@ def _load_pyfunc(path: str, model_config: dict[str, Any] | None = None) -> Any:
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
     from mlflow.utils.model_utils import _get_flavor_configuration
 
-    from mlflow_archive_plugin.archive_pyfunc import load
+    from mlflow_archive_plugin.plugins.pyfunc import load
 
     model_dir = Path(path)
     flavor = _get_flavor_configuration(model_path=str(model_dir), flavor_name=FLAVOR_NAME)

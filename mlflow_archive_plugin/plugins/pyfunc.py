@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from mlflow_archive_plugin.errors import ArchiveError, UnsupportedError
+from mlflow_archive_plugin.errors import ArchiveError, IntegrityError, UnsupportedError
 from mlflow_archive_plugin.snapshot import Snapshot
 
 PREDICTORS = ("model", "hooks", "predict.py")
@@ -220,7 +220,6 @@ def load(model_dir: Path, flavor: dict[str, Any], stored: Path,
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_STATE
 
-    from mlflow_archive_plugin.flavor import extract_verified
 
     mode = flavor.get("predict_with")
     if mode not in PREDICTORS:
@@ -382,3 +381,25 @@ def _as_output(predictions: Any) -> Any:
     if isinstance(predictions, list):
         return np.asarray(predictions)
     return predictions
+
+
+def extract_verified(stored: Path, digest: str, into: Path) -> None:
+    """Extract the stored archive into the empty folder ``into`` through the plugin's reader,
+    refusing it unless every file matches its ``checksum.txt`` and the content digest is the
+    one recorded when it was saved. On failure ``into`` may hold files; the caller removes
+    them."""
+    from mlflow_archive_plugin.storage.integrity import CHECKSUM_NAME
+    from mlflow_archive_plugin.storage.location import resolve
+    from mlflow_archive_plugin.storage.pipeline import archive_digest, scan_archive
+
+    scanned = scan_archive(resolve(stored), extract_to=into)
+    problems = (scanned.integrity_problems() if CHECKSUM_NAME in scanned.records
+                else list(scanned.problems))
+    found = archive_digest(scanned)
+    if digest and found != digest:
+        problems.append(f"{stored.name}: its content digest is {found}, not {digest} as when "
+                        "it was saved, so it was altered")
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise IntegrityError(f"the stored archive failed verification: {problems[0]}{more}; "
+                             "log the model again from a good copy", problems)

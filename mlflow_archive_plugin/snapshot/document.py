@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow_archive_plugin.containers.base import safe_entry_name
 from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
-from mlflow_archive_plugin.integrity import FileRecord
+from mlflow_archive_plugin.snapshot.records import FileRecord, safe_entry_name
 
 METADATA_NAME = "mlflow-archive.json"
 SCHEMA_VERSION = 1

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from mlflow_archive_plugin.errors import IntegrityError
-from mlflow_archive_plugin.integrity import CHUNK_SIZE, Sha256Behind
+from mlflow_archive_plugin.storage.integrity import CHUNK_SIZE, Sha256Behind
 
 # Entries at least this large are left in place, unless their suffix marks a document that
 # a layout reads from the extracted folder.

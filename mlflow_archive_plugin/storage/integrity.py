@@ -11,10 +11,10 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from mlflow_archive_plugin.errors import CorruptArchiveError
+from mlflow_archive_plugin.snapshot.records import FileRecord
 
 CHECKSUM_NAME = "checksum.txt"
 # A signature of checksum.txt: the one file beside it that checksum.txt cannot list.
@@ -22,24 +22,6 @@ CHECKSUM_SIGNATURE_NAME = "checksum.sig"
 CHUNK_SIZE = 1024 * 1024
 
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    """The size and SHA-256 of one archive entry, measured while it was written or read."""
-
-    path: str
-    size: int
-    sha256: str
-
-    @classmethod
-    def of_bytes(cls, path: str, data: bytes) -> FileRecord:
-        """The record of generated content."""
-        return cls(path, len(data), hashlib.sha256(data).hexdigest())
-
-    def to_dict(self) -> dict[str, object]:
-        """The record as it appears in the metadata document's file list."""
-        return {"path": self.path, "size": self.size, "sha256": self.sha256}
 
 
 def copy_and_hash(src: BinaryIO, dst: BinaryIO, on_bytes=None) -> tuple[int, str]:

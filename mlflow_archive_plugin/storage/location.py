@@ -36,7 +36,6 @@ from typing import Any, BinaryIO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from mlflow_archive_plugin.containers import detect_container
 from mlflow_archive_plugin.errors import (
     ArchiveError,
     DestinationExistsError,
@@ -44,6 +43,7 @@ from mlflow_archive_plugin.errors import (
     SourceNotFoundError,
     UnsupportedError,
 )
+from mlflow_archive_plugin.storage.containers import detect_container
 
 # Object stores make an upload visible only once it has completed, so no rename is needed.
 _ATOMIC_UPLOAD_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}

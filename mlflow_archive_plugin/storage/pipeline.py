@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_archive_plugin import progress
-from mlflow_archive_plugin.containers import Container, open_reader
-from mlflow_archive_plugin.containers.base import collision_key, safe_entry_name
 from mlflow_archive_plugin.errors import (
     CorruptArchiveError,
     IntegrityError,
@@ -25,8 +23,12 @@ from mlflow_archive_plugin.errors import (
     UnsafeArchiveError,
     UnsupportedError,
 )
-from mlflow_archive_plugin.extents import Extent, make_placeholder, stays_in_place
-from mlflow_archive_plugin.integrity import (
+from mlflow_archive_plugin.formats import Entry, Layout, detect_layout
+from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
+from mlflow_archive_plugin.storage.containers import Container, open_reader
+from mlflow_archive_plugin.storage.containers.base import collision_key, safe_entry_name
+from mlflow_archive_plugin.storage.extents import Extent, make_placeholder, stays_in_place
+from mlflow_archive_plugin.storage.integrity import (
     CHECKSUM_NAME,
     CHECKSUM_SIGNATURE_NAME,
     FileRecord,
@@ -37,9 +39,12 @@ from mlflow_archive_plugin.integrity import (
     parse_checksums,
     render_checksums,
 )
-from mlflow_archive_plugin.layouts import Entry, Layout, detect_layout
-from mlflow_archive_plugin.location import Location, open_source, publish_file, publish_folder
-from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
+from mlflow_archive_plugin.storage.location import (
+    Location,
+    open_source,
+    publish_file,
+    publish_folder,
+)
 
 # Small documents kept in memory while scanning; refused past MAX_DOCUMENT_BYTES.
 _CAPTURED = {METADATA_NAME, CHECKSUM_NAME}

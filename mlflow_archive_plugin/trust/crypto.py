@@ -6,7 +6,7 @@ the header, the file's path in the package (``models/...``), the chunk's index a
 is the last, so a chunk cannot be altered, reordered, dropped or moved to another file without
 decryption failing. Memory stays at one chunk whatever the file's size.
 
-Decryption lives in the package's own load hook (:mod:`mlflow_archive_plugin.mlsteam.load`),
+Decryption lives in the package's own load hook (:mod:`mlflow_archive_plugin.formats.mlsteam.load`),
 which must work without this plugin; import uses that same code.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_archive_plugin.errors import EncryptionError
-from mlflow_archive_plugin.mlsteam import load as hook
+from mlflow_archive_plugin.formats.mlsteam import load as hook
 
 KEY_SIZE = hook.KEY_SIZE
 SCHEME = hook.SCHEME

@@ -62,7 +62,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from mlflow_archive_plugin.errors import UnsafeArchiveError, UnsupportedError
-from mlflow_archive_plugin.extents import Extent, open_model_file
+from mlflow_archive_plugin.storage.extents import Extent, open_model_file
 
 __all__ = [
     "INSTALL_HINT",

@@ -38,8 +38,8 @@ from mlflow_archive_plugin.errors import (
     UnsafeArchiveError,
     UnsupportedError,
 )
-from mlflow_archive_plugin.integrity import CHECKSUM_SIGNATURE_NAME
-from mlflow_archive_plugin.parsing import load_json
+from mlflow_archive_plugin.storage.integrity import CHECKSUM_SIGNATURE_NAME
+from mlflow_archive_plugin.trust.parsing import load_json
 
 __all__ = [
     "CHECKSUM_SIGNATURE_NAME",

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from mlflow_archive_plugin.containers.base import ContainerReader, ContainerWriter
-from mlflow_archive_plugin.containers.folder import FolderReader, FolderWriter
-from mlflow_archive_plugin.containers.tar import TarReader, TarWriter
-from mlflow_archive_plugin.containers.zip import ZipReader, ZipWriter
 from mlflow_archive_plugin.errors import NotAnArchiveError, UnsupportedError
+from mlflow_archive_plugin.storage.containers.base import ContainerReader, ContainerWriter
+from mlflow_archive_plugin.storage.containers.folder import FolderReader, FolderWriter
+from mlflow_archive_plugin.storage.containers.tar import TarReader, TarWriter
+from mlflow_archive_plugin.storage.containers.zip import ZipReader, ZipWriter
 
 
 @dataclass(frozen=True)

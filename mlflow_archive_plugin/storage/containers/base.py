@@ -7,7 +7,6 @@ name could escape an extraction folder, before anything is written.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -15,52 +14,14 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
 
-from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
-from mlflow_archive_plugin.integrity import FileRecord
+from mlflow_archive_plugin.errors import CorruptArchiveError
+from mlflow_archive_plugin.snapshot.records import FileRecord
+
+# Entry-name rules belong to the shared shape; the containers apply them to every entry.
+from mlflow_archive_plugin.snapshot.records import safe_entry_name as safe_entry_name
 
 ProgressCallback = Callable[[int], None] | None
 
-_DRIVE = re.compile(r"^[A-Za-z]:")
-# File systems refuse longer segments (NAME_MAX); the name bound leaves room under PATH_MAX
-# for the temporary folder an archive is extracted into.
-MAX_SEGMENT_BYTES = 255
-MAX_NAME_BYTES = 1024
-
-
-def safe_entry_name(raw: str) -> str:
-    """Normalise an archive entry name, refusing any that could escape the destination.
-
-    A leading ``./`` (as tar writes) is dropped; absolute paths, ``..`` or empty segments,
-    backslashes, drive letters and NUL bytes are refused with a one-line reason.
-    """
-    name = raw
-    while name.startswith("./"):
-        name = name[2:]
-    reason = None
-    if not name:
-        reason = "empty name"
-    elif "\x00" in name:
-        reason = "NUL byte in name"
-    elif "\\" in name:
-        reason = "backslash in name"
-    elif name.startswith("/"):
-        reason = "absolute path"
-    elif _DRIVE.match(name):
-        reason = "drive letter"
-    elif any(part in ("", ".", "..") for part in name.rstrip("/").split("/")):
-        reason = "'..', '.' or empty path segment"
-    elif len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-        reason = f"name longer than {MAX_NAME_BYTES} bytes"
-    elif any(len(part.encode("utf-8", "surrogateescape")) > MAX_SEGMENT_BYTES
-             for part in name.split("/")):
-        reason = f"a path segment longer than {MAX_SEGMENT_BYTES} bytes"
-    if reason is not None:
-        error = UnsafeArchiveError(
-            f"refused archive entry {raw!r}: {reason}; the archive is unsafe"
-        )
-        error.reason = reason
-        raise error
-    return name
 
 
 def collision_key(name: str) -> str:

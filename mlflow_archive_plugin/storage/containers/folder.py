@@ -7,14 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mlflow_archive_plugin.containers.base import (
+from mlflow_archive_plugin.errors import UnsafeArchiveError
+from mlflow_archive_plugin.storage.containers.base import (
     ContainerReader,
     ContainerWriter,
     ProgressCallback,
     safe_entry_name,
 )
-from mlflow_archive_plugin.errors import UnsafeArchiveError
-from mlflow_archive_plugin.integrity import FileRecord, copy_and_hash
+from mlflow_archive_plugin.storage.integrity import FileRecord, copy_and_hash
 
 
 class FolderWriter(ContainerWriter):

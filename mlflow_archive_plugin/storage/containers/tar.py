@@ -14,17 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mlflow_archive_plugin.containers.base import (
+from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
+from mlflow_archive_plugin.storage.containers.base import (
     ContainerReader,
     ContainerWriter,
     GuardedStream,
     ProgressCallback,
     safe_entry_name,
 )
-from mlflow_archive_plugin.containers.xz import XzWriter
-from mlflow_archive_plugin.containers.zipview import zip_view_span
-from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
-from mlflow_archive_plugin.integrity import CHUNK_SIZE, FileRecord
+from mlflow_archive_plugin.storage.containers.xz import XzWriter
+from mlflow_archive_plugin.storage.containers.zipview import zip_view_span
+from mlflow_archive_plugin.storage.integrity import CHUNK_SIZE, FileRecord
 
 _STREAM_ERRORS = (
     tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError,

@@ -11,16 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from mlflow_archive_plugin.containers import zipview
-from mlflow_archive_plugin.containers.base import (
+from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
+from mlflow_archive_plugin.storage.containers import zipview
+from mlflow_archive_plugin.storage.containers.base import (
     ContainerReader,
     ContainerWriter,
     GuardedStream,
     ProgressCallback,
     safe_entry_name,
 )
-from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
-from mlflow_archive_plugin.integrity import FileRecord, copy_and_hash
+from mlflow_archive_plugin.storage.integrity import FileRecord, copy_and_hash
 
 _SAMPLE = 256 * 1024
 # Deflate only when a sample shrinks by at least this much: weights rarely do, and storing
