@@ -66,7 +66,7 @@ MOVED_MODULES = {
     "scanning": "trust.scanning",
     "served": "mlflow_side.served",
     "signing": "trust.signing",
-    "templates.portable_predict": "formats.portable_predict",
+    "templates": "formats",  # held only portable_predict.py, which formats holds now
     "torchserve.mlflow_handler": "formats.mar_handler",
     "tracking": "mlflow_side.tracking",
 }

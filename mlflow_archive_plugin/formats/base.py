@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow_archive_plugin.errors import UnsupportedError
-from mlflow_archive_plugin.snapshot import Snapshot
+from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
+from mlflow_archive_plugin.trust.parsing import load_json
 
 if TYPE_CHECKING:
     from mlflow_archive_plugin.storage.containers import Container
@@ -25,6 +26,16 @@ class Entry:
     arcname: str
     source: Path | None = None
     data: bytes | None = None
+
+
+def read_metadata(root: Path) -> Snapshot:
+    """``mlflow-archive.json`` at ``root`` as a Snapshot, parsed within the limits of
+    :func:`~mlflow_archive_plugin.trust.parsing.load_json` (its size and nesting bounded)."""
+    return Snapshot.from_json((root / METADATA_NAME).read_bytes(), root, load=_load_metadata)
+
+
+def _load_metadata(data: bytes) -> Any:
+    return load_json(data, what=METADATA_NAME)
 
 
 class Layout(ABC):

@@ -31,6 +31,7 @@ from mlflow_archive_plugin.snapshot import (
     RegisteredModelInfo,
     Snapshot,
 )
+from mlflow_archive_plugin.trust.parsing import load_yaml
 
 MODEL_YAML = "model.yaml"
 MLFLOW_MODULE = "bentoml.mlflow"
@@ -257,10 +258,7 @@ def _label_tag_key(label: str) -> str:
 
 
 def _read_mlmodel(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CorruptArchiveError(f"{MODEL_DIR}/MLmodel is not valid YAML ({exc})") from exc
+    data = load_yaml(path.read_bytes(), what=f"{MODEL_DIR}/MLmodel")
     if not isinstance(data, dict):
         raise CorruptArchiveError(f"{MODEL_DIR}/MLmodel is not a YAML mapping")
     return data
@@ -271,12 +269,7 @@ def read_model_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CorruptArchiveError(f"the archive has no {MODEL_YAML}, so it is not a BentoML "
                                   "model; export it with bentoml or mlflow-archive")
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CorruptArchiveError(f"{MODEL_YAML} is not valid YAML ({first}); export the "
-                                  "model again") from exc
+    document = load_yaml(path.read_bytes(), what=MODEL_YAML)
     if not isinstance(document, dict):
         raise CorruptArchiveError(f"{MODEL_YAML} is not a YAML mapping; export the model again")
     missing = [key for key in REQUIRED_KEYS if document.get(key) is None

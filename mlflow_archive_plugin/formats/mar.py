@@ -8,7 +8,6 @@ MLflow model under ``model/`` through ``mlflow.pyfunc``, the model's pinned
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from mlflow_archive_plugin.torchserve.archiver import (
     plan_files,
     render_manifest,
 )
+from mlflow_archive_plugin.trust.parsing import load_json
 
 HANDLER_NAME = "mlflow_handler.py"
 REQUIREMENTS_NAME = "requirements.txt"
@@ -173,11 +173,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CorruptArchiveError(f"the archive has no {MANIFEST_PATH}, so it is not a .mar; "
                                   "make it with torch-model-archiver or mlflow-archive")
-    try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptArchiveError(f"{MANIFEST_PATH} is not valid JSON ({exc}); "
-                                  "archive the model again") from exc
+    manifest = load_json(path.read_bytes(), what=MANIFEST_PATH)
     model = manifest.get("model") if isinstance(manifest, dict) else None
     if not isinstance(model, dict):
         raise CorruptArchiveError(f"{MANIFEST_PATH} has no 'model' object; archive the model "

@@ -21,10 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mlflow_archive_plugin.errors import CorruptArchiveError, UnsupportedError
-from mlflow_archive_plugin.formats.base import Entry, Layout
+from mlflow_archive_plugin.formats.base import Entry, Layout, read_metadata
 from mlflow_archive_plugin.formats.mlflow import MlflowLayout, model_files
 from mlflow_archive_plugin.formats.mlsteam import load as load_hook
 from mlflow_archive_plugin.formats.mlsteam import predict as predict_hook
@@ -36,6 +34,7 @@ from mlflow_archive_plugin.snapshot import (
     Snapshot,
 )
 from mlflow_archive_plugin.trust import crypto
+from mlflow_archive_plugin.trust.parsing import load_json, load_yaml, parse_python
 
 MANIFEST_NAME = "manifest.json"
 MODELS_DIR = "models"
@@ -260,7 +259,8 @@ def _cleanup_problems(entry: dict[str, Any], where: str) -> list[str]:
 
 def hook_problems(root: Path) -> list[str]:
     """Missing hooks, and hooks without the function MLSteam calls, found by parsing them
-    (never by running or importing them)."""
+    (never by running or importing them). A hook past the parser's limits (size, nesting) is
+    refused: :class:`UnsafeArchiveError` from :func:`parse_python`."""
     problems = []
     for hook, function in HOOK_FUNCTIONS.items():
         name = f"{HOOKS_DIR}/{hook}"
@@ -270,11 +270,9 @@ def hook_problems(root: Path) -> list[str]:
                             f"def {function}(...)")
             continue
         try:
-            tree = ast.parse(path.read_bytes(), filename=name)
-        except (SyntaxError, ValueError) as exc:
-            line = getattr(exc, "lineno", None)
-            problems.append(f"{name} is not valid Python ({getattr(exc, 'msg', exc)}"
-                            + (f", line {line})" if line else ")"))
+            tree = parse_python(path.read_bytes(), what=name)
+        except CorruptArchiveError as exc:
+            problems.append(str(exc))
             continue
         if not any(isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
                    and node.name == function for node in tree.body):
@@ -355,11 +353,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise CorruptArchiveError(f"{MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes, "
                                   "which no manifest needs")
-    try:
-        document = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptArchiveError(f"{MANIFEST_NAME} is not valid JSON ({exc}); fix it or "
-                                  "export the package again") from exc
+    document = load_json(path.read_bytes(), what=MANIFEST_NAME, max_bytes=MAX_MANIFEST_BYTES)
     _raise_first(manifest_problems(document))
     return document
 
@@ -516,7 +510,7 @@ class MlarchiveLayout(Layout):
     @staticmethod
     def _read_own(root: Path) -> Snapshot:
         """A package this plugin wrote: its metadata document says everything."""
-        snapshot = Snapshot.from_json((root / METADATA_NAME).read_bytes(), root)
+        snapshot = read_metadata(root)
         for member in {id(m): m for m in [snapshot, *snapshot.members]}.values():
             member.model_dir = root / member.model_path
             resolved = member.model_dir.resolve()
@@ -657,10 +651,7 @@ def _pair(entries: list[dict[str, Any]], folders: list[str]) -> list[tuple[dict,
 
 
 def _read_mlmodel(path: Path, where: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CorruptArchiveError(f"{where}/MLmodel is not valid YAML ({exc})") from exc
+    data = load_yaml(path.read_bytes(), what=f"{where}/MLmodel")
     if not isinstance(data, dict):
         raise CorruptArchiveError(f"{where}/MLmodel is not a YAML mapping")
     return data

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError, UnsupportedError
-from mlflow_archive_plugin.formats.base import Entry, Layout
+from mlflow_archive_plugin.formats.base import Entry, Layout, read_metadata
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -50,7 +50,7 @@ class MlflowLayout(Layout):
         return METADATA_NAME in names
 
     def read(self, root: Path) -> Snapshot:
-        snapshot = Snapshot.from_json((root / METADATA_NAME).read_bytes(), root)
+        snapshot = read_metadata(root)
         snapshot.model_dir = root / snapshot.model_path
         resolved = snapshot.model_dir.resolve()
         if resolved != root.resolve() and root.resolve() not in resolved.parents:

@@ -25,10 +25,11 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from mlflow_archive_plugin.errors import IntegrityError, UnsupportedError
+from mlflow_archive_plugin.errors import CorruptArchiveError, IntegrityError, UnsupportedError
 from mlflow_archive_plugin.formats.base import Entry, Layout
 from mlflow_archive_plugin.formats.mlflow import MlflowLayout, model_files
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
+from mlflow_archive_plugin.trust.parsing import load_json, parse_python
 
 MODEL_DIR = "model"
 # Tags holding an MLSteam package's hook files (layouts/mlarchive.py keeps them).
@@ -123,8 +124,8 @@ class PortableLayout(Layout):
         if METADATA_NAME not in names or not (root / METADATA_NAME).is_file():
             return False
         try:
-            document = json.loads((root / METADATA_NAME).read_bytes())
-        except (ValueError, OSError):
+            document = load_json((root / METADATA_NAME).read_bytes(), what=METADATA_NAME)
+        except (CorruptArchiveError, OSError):
             return False  # the native layout reports the malformed document
         return isinstance(document, dict) and document.get("layout") == self.name
 
@@ -263,11 +264,11 @@ def requirement_problems(text: str) -> list[str]:
 
 def predict_source_problems(path: Path) -> list[str]:
     """Whether ``predict.py`` parses and defines ``load_model`` and ``predict``, read without
-    running it."""
+    running it; one past the parser's limits is refused (:class:`UnsafeArchiveError`)."""
     try:
-        tree = ast.parse(path.read_bytes(), filename=PREDICT_FILE)
-    except (SyntaxError, ValueError) as exc:
-        return [f"{PREDICT_FILE}: is not valid Python ({exc})"]
+        tree = parse_python(path.read_bytes(), what=PREDICT_FILE)
+    except CorruptArchiveError as exc:
+        return [f"{PREDICT_FILE}: {exc}"]
     defined = {node.name for node in tree.body
                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
     return [f"{PREDICT_FILE}: defines no {name}() function" for name in PREDICT_FUNCTIONS
@@ -364,8 +365,8 @@ def _schema(value: Any) -> list[dict[str, Any]]:
     """An MLmodel signature part: JSON text of a list of specs (None when absent)."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except ValueError:
+            value = load_json(value, what="the MLmodel's signature")
+        except CorruptArchiveError:
             return []
     return [spec for spec in value if isinstance(spec, dict)] if isinstance(value, list) else []
 
@@ -815,9 +816,9 @@ def _read_text(path: Path) -> str:
 
 def _load_json(path: Path) -> tuple[Any, list[str]]:
     try:
-        return json.loads(path.read_bytes().decode("utf-8")), []
-    except (UnicodeDecodeError, ValueError) as exc:
-        return None, [f"{path.name}: is not valid JSON ({exc})"]
+        return load_json(path.read_bytes(), what=path.name), []
+    except CorruptArchiveError as exc:
+        return None, [f"{path.name}: {exc}"]
 
 
 __all__ = ["PortableLayout", "package_path", "payload_problems", "pinned_requirements",

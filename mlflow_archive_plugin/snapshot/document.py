@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,12 +188,25 @@ class Snapshot:
         return (json.dumps(self.to_document(), indent=2, default=str) + "\n").encode("utf-8")
 
     @classmethod
-    def from_json(cls, data: bytes, model_dir: Path) -> Snapshot:
-        """Parse and validate a metadata document; any defect is a one-line error."""
-        try:
-            document = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _malformed(f"not valid JSON ({exc})") from exc
+    def from_json(cls, data: bytes, model_dir: Path, *,
+                  load: Callable[[bytes], Any] | None = None) -> Snapshot:
+        """Parse and validate a metadata document; any defect is a one-line error.
+
+        ``load`` parses the bytes; the readers of archives pass the bounded JSON loader of
+        ``trust.parsing`` (this part imports nothing but ``errors``). Without it the standard
+        parser runs, and a document nested past its recursion limit is still one line.
+        """
+        if load is not None:
+            document = load(data)
+        else:
+            try:
+                document = json.loads(data.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise _malformed(f"not valid JSON ({exc})") from exc
+            except RecursionError:
+                raise UnsafeArchiveError(
+                    f"refused {METADATA_NAME}: JSON nests deeper than Python's parser allows "
+                    f"({sys.getrecursionlimit()} levels); the archive is unsafe") from None
         if not isinstance(document, dict):
             raise _malformed("the top level is not an object")
         return cls.from_document(document, model_dir)

@@ -63,9 +63,7 @@ def load_json(
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise CorruptArchiveError(
-            f"{what} is not valid JSON ({_one_line(exc)}); the archive is damaged"
-        ) from None
+        raise _damaged(what, "JSON", _one_line(exc)) from None
 
 
 def load_yaml(
@@ -92,9 +90,7 @@ def load_yaml(
                     max_nodes=max_nodes).check(yaml.parse(text, Loader=yaml.SafeLoader))
         return yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
     except yaml.YAMLError as exc:
-        raise CorruptArchiveError(
-            f"{what} is not valid YAML ({_yaml_problem(exc)}); the archive is damaged"
-        ) from None
+        raise _damaged(what, "YAML", _yaml_problem(exc)) from None
 
 
 def parse_python(
@@ -119,9 +115,11 @@ def parse_python(
             _refuse(what, f"Python source nests deeper than {max_depth} levels")
         return ast.parse(source, filename=what)
     except (SyntaxError, tokenize.TokenError, ValueError, UnicodeDecodeError) as exc:
-        raise CorruptArchiveError(
-            f"{what} is not valid Python ({_one_line(exc)}); the archive is damaged"
-        ) from None
+        raise _damaged(what, "Python", _one_line(exc)) from None
+
+
+def _damaged(what: str, kind: str, problem: str) -> CorruptArchiveError:
+    return CorruptArchiveError(f"{what} is not valid {kind} ({problem}); the archive is damaged")
 
 
 def _refuse(what: str, reason: str) -> None:
@@ -154,20 +152,22 @@ def _check_size(data: bytes | str, *, what: str, kind: str, max_bytes: int) -> N
 def _utf8_text(data: bytes | str, *, what: str) -> str:
     if isinstance(data, str):
         return data
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CorruptArchiveError(f"{what} is not UTF-8 text; the archive is damaged") from None
+    return _decode(data, "utf-8", what=what)
 
 
 def _json_text(data: bytes | str, *, what: str) -> str:
     if isinstance(data, str):
         return data
     # The same encodings json.loads accepts for bytes (UTF-8, -16, -32, with or without BOM).
+    return _decode(data, json.detect_encoding(data), what=what)
+
+
+def _decode(data: bytes, encoding: str, *, what: str) -> str:
     try:
-        return data.decode(json.detect_encoding(data), "strict")
+        return data.decode(encoding, "strict")
     except UnicodeDecodeError:
-        raise CorruptArchiveError(f"{what} is not UTF-8 text; the archive is damaged") from None
+        raise CorruptArchiveError(f"{what} is not {encoding.upper()} text; the archive is "
+                                  "damaged") from None
 
 
 def _json_depth(text: str) -> int:
@@ -214,7 +214,8 @@ class _YamlBudget:
     def _alias(self, anchor: str) -> None:
         self.aliases += 1
         if self.aliases > self.max_aliases:
-            _refuse(self.what, f"YAML uses more than {self.max_aliases} aliases")
+            _refuse(self.what, f"YAML uses more than {self.max_aliases} aliases" if self.max_aliases
+                    else "YAML uses an alias, and none are allowed in it")
         if any(entry[0] == anchor for entry in self.open):
             _refuse(self.what, f"YAML alias *{anchor} is inside the node it repeats")
         # An undefined alias is left for the loader to report as malformed.

@@ -61,8 +61,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from mlflow_archive_plugin.errors import UnsafeArchiveError, UnsupportedError
+from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError, UnsupportedError
 from mlflow_archive_plugin.storage.extents import Extent, open_model_file
+from mlflow_archive_plugin.trust.parsing import load_yaml
 
 __all__ = [
     "INSTALL_HINT",
@@ -778,33 +779,19 @@ def _mlmodel_entries(root: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def _flavors(mlmodel: Path) -> dict:
-    import yaml
-
     if mlmodel.stat().st_size > _MAX_MLMODEL:
         raise ValueError(f"larger than {_MAX_MLMODEL} bytes")
+    # No aliases at all: MLflow never writes them, so one is a sign of a crafted file, and
+    # the file then counts as unreadable (strict refuses it) rather than trusted in part.
     try:
-        document = yaml.load(mlmodel.read_text(encoding="utf-8"), Loader=_PlainLoader)
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
-        raise ValueError(_one_line(exc)) from exc
+        document = load_yaml(mlmodel.read_bytes(), what="MLmodel", max_bytes=_MAX_MLMODEL,
+                             max_aliases=0)
+    except UnsafeArchiveError as exc:
+        raise ValueError(exc.reason or str(exc)) from None
+    except CorruptArchiveError as exc:
+        raise ValueError(str(exc)) from None
     flavors = document.get("flavors") if isinstance(document, dict) else None
     return flavors if isinstance(flavors, dict) else {}
-
-
-def _plain_loader() -> type:
-    import yaml
-
-    class PlainLoader(yaml.SafeLoader):
-        """YAML without aliases: MLflow never writes them, and they can expand without bound."""
-
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                raise yaml.YAMLError("MLmodel uses a YAML alias")
-            return super().compose_node(parent, index)
-
-    return PlainLoader
-
-
-_PlainLoader = _plain_loader()
 
 
 def _pickled_entries(flavors: dict) -> Iterable[tuple[str, str, str]]:
