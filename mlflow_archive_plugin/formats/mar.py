@@ -37,6 +37,8 @@ from mlflow_archive_plugin.trust.parsing import load_json
 HANDLER_NAME = "mlflow_handler.py"
 REQUIREMENTS_NAME = "requirements.txt"
 TAG_PREFIX = "torchserve."
+# TorchServe writes a manifest of a few hundred bytes; a megabyte leaves room for any other tool.
+MAX_MANIFEST_BYTES = 1024**2
 # Options a user may give to replace or extend the generated parts.
 OPTIONS = ("handler", "model_file", "serialized_file", "extra_files", "config_file",
            "requirements_file")
@@ -173,7 +175,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CorruptArchiveError(f"the archive has no {MANIFEST_PATH}, so it is not a .mar; "
                                   "make it with torch-model-archiver or mlflow-archive")
-    manifest = load_json(path.read_bytes(), what=MANIFEST_PATH)
+    manifest = load_json(path.read_bytes(), what=MANIFEST_PATH, max_bytes=MAX_MANIFEST_BYTES)
     model = manifest.get("model") if isinstance(manifest, dict) else None
     if not isinstance(model, dict):
         raise CorruptArchiveError(f"{MANIFEST_PATH} has no 'model' object; archive the model "

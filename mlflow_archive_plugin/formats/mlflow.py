@@ -9,6 +9,7 @@ from typing import Any
 from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError, UnsupportedError
 from mlflow_archive_plugin.formats.base import Entry, Layout, read_metadata
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
+from mlflow_archive_plugin.trust.parsing import load_yaml
 
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -61,4 +62,24 @@ class MlflowLayout(Layout):
             raise CorruptArchiveError(
                 f"the archive has no {snapshot.model_path}/MLmodel, so it holds no MLflow model"
             )
+        check_mlmodels(root, snapshot)
         return snapshot
+
+    def check(self, root: Path, snapshot: Snapshot, *, run: bool = False) -> list[str]:
+        """Every MLmodel parses within the limits of :func:`load_yaml`."""
+        try:
+            check_mlmodels(root, snapshot)
+        except (CorruptArchiveError, UnsafeArchiveError) as exc:
+            return [str(exc)]
+        return []
+
+
+def check_mlmodels(root: Path, snapshot: Snapshot) -> None:
+    """Parse each model's ``MLmodel`` within the limits of :func:`load_yaml` (size, nesting,
+    aliases and what they expand to), so that a file MLflow would later load cannot exhaust
+    the machine: refused in one line naming it. The registry entry comes from the metadata
+    document; this only proves the file is plain, bounded YAML."""
+    for member in snapshot.members:
+        path = root / member.model_path / "MLmodel"
+        if path.is_file():
+            load_yaml(path.read_bytes(), what=f"{member.model_path}/MLmodel")

@@ -45,12 +45,14 @@ from mlflow_archive_plugin.errors import (
     ArchiveError,
     CorruptArchiveError,
     SourceNotFoundError,
+    UnsafeArchiveError,
     UnsupportedError,
 )
 from mlflow_archive_plugin.formats import get_layout
 from mlflow_archive_plugin.progress import enabled
 from mlflow_archive_plugin.storage.containers import get_container
 from mlflow_archive_plugin.storage.location import Location, publish_file, remote_errors, resolve
+from mlflow_archive_plugin.trust.parsing import load_json
 
 INDEX_NAME = "registry-index.json"
 INDEX_FORMAT = "mlflow-archive-registry-index"
@@ -347,7 +349,7 @@ def _take_previous_index(root: Location) -> dict[tuple[str, str], dict[str, Any]
             raw = handle.read()
     try:
         document = _parse_index(raw, index.url)
-    except CorruptArchiveError:
+    except (CorruptArchiveError, UnsafeArchiveError):
         document = {"models": []}  # unreadable: nothing in it can be trusted
     with remote_errors(index, "write"):
         index.fs.rm(index.path)
@@ -560,14 +562,12 @@ def _index_location(source: str, storage_options: dict | None) -> tuple[str, Loc
 
 
 def _parse_index(raw: bytes, shown: str) -> dict[str, Any]:
-    """A parsed, checked index; any defect is a one-line error naming it."""
+    """A parsed, checked index; any defect is a one-line error naming it (one past the
+    limits of :func:`load_json` is :class:`UnsafeArchiveError`)."""
     def bad(why: str) -> CorruptArchiveError:
         return CorruptArchiveError(f"{shown} is not a registry index: {why}")
 
-    try:
-        document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad(f"not valid JSON ({exc})") from exc
+    document = load_json(raw, what=shown)
     if not isinstance(document, dict) or document.get("format") != INDEX_FORMAT:
         raise bad(f"'format' is not {INDEX_FORMAT!r}")
     schema = document.get("schema_version")
