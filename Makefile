@@ -41,6 +41,7 @@ test-bentoml: $(STAMP)
 bench: $(STAMP)
 	-$(VENV)/bin/tox -e torchserve --notest
 	$(PY) benchmarks/bench_suite.py --size-mib $(or $(BENCH_MIB),1024) --repeat $(or $(BENCH_REPEAT),3) --migration-models $(or $(BENCH_MODELS),50) --torchserve-python .tox/torchserve/bin/python $(BENCH_ARGS)
+	$(PY) benchmarks/bench_bounded.py --repeat $(or $(BENCH_REPEAT),3)
 	$(VENV)/bin/tox -e bentoml --notest && $(PY) benchmarks/bench_bentoml.py --size-mib $(or $(BENCH_BENTOML_MIB),256) --repeat $(or $(BENCH_REPEAT),3) --bentoml-python .tox/bentoml/bin/python
 
 clean:
