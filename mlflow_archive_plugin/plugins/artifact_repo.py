@@ -25,6 +25,17 @@ URL, reached through :mod:`mlflow_archive_plugin.storage.location`. One class se
 
 Failures reach MLflow as one-line :class:`~mlflow.exceptions.MlflowException` errors.
 
+Nothing in a store is trusted, since anyone who can write the folder can plant things in it.
+Paths given to the repository get MLflow's own errors (``Invalid artifact path`` for
+writes, ``Invalid path`` for reads: absolute paths, ``..``, ``/``), and in an ``archive+file``
+store every path read, listed, written or deleted is resolved first: a symbolic link that
+leads out of the store is never followed (MLflow's ``resolved path is outside the artifact
+directory``), a listing leaves such a link out, and deleting the link removes the link only.
+There, plain files are written as MLflow's local repository writes them (a hidden
+``.artifact.uploading.`` file in the destination folder, renamed into place), empty folders
+are kept, ``download_artifacts`` without a destination returns the stored file itself, and
+``log_artifact_from_stream`` streams an upload straight into the store.
+
 MLflow imports this module while ``import mlflow`` itself is still running (it registers
 entry points then), so only the MLflow modules already loaded by that point are imported at
 the top; the rest, and the plugin modules that need ``mlflow.MlflowClient``, inside functions.
@@ -32,6 +43,7 @@ the top; the rest, and the plugin modules that need ``mlflow.MlflowClient``, ins
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -43,9 +55,9 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 from mlflow.entities.file_info import FileInfo
@@ -55,7 +67,14 @@ from mlflow.protos.databricks_pb2 import (
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
 )
-from mlflow.store.artifact.artifact_repo import ArtifactRepository
+from mlflow.store.artifact.artifact_repo import ArtifactRepository, verify_artifact_path
+from mlflow.utils.uri import validate_path_is_safe, validate_path_within_directory
+
+try:  # MLflow 3.x releases before streaming uploads have no such mixin
+    from mlflow.store.artifact.artifact_repo import StreamUploadMixin
+except ImportError:  # pragma: no cover - depends on the MLflow release
+    class StreamUploadMixin:  # type: ignore[no-redef]
+        """Stand-in: the tracking server then uploads through a temporary file."""
 
 from mlflow_archive_plugin.errors import (
     ArchiveError,
@@ -63,6 +82,7 @@ from mlflow_archive_plugin.errors import (
     DestinationExistsError,
     IntegrityError,
     SourceNotFoundError,
+    UnsafeArchiveError,
     UnsupportedError,
 )
 from mlflow_archive_plugin.formats import get_layout
@@ -84,12 +104,16 @@ S3_ENDPOINT_VARIABLE = "MLFLOW_S3_ENDPOINT_URL"
 STORAGE_OPTIONS_VARIABLE = "MLFLOW_ARCHIVE_STORAGE_OPTIONS"
 # Temporary names location.publish_file gives a file while it is written.
 _PARTIAL = re.compile(r"^\..+\.partial-[0-9a-f]{12}$")
+# The prefix of the hidden file a plain file is written to in a local store before it is
+# renamed into place: MLflow's local repository's, so neither lists the other's uploads.
+UPLOADING_PREFIX = ".artifact.uploading."
+_COPY_BLOCK = 1024 * 1024
 # Archive file names that choose a layout other than the native one.
 _LAYOUT_OF_EXTENSION = {".mar": "mar", ".bentomodel": "bentoml", ".mlarchive": "mlarchive"}
 MLMODEL = "MLmodel"
 
 
-class ArchiveArtifactRepository(ArtifactRepository):
+class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
     """An MLflow artifact repository for ``archive+<fsspec URL>`` URIs (see the module)."""
 
     def __init__(self, artifact_uri: str, tracking_uri: str | None = None,
@@ -105,21 +129,67 @@ class ArchiveArtifactRepository(ArtifactRepository):
         self._scratch: Path | None = None
         # Where the root sits inside an archive: the archive's location and the path within.
         self._archive: tuple[Location, str] | None = self._archive_of_root()
+        # The store's folder on this machine (``archive+file`` rooted at a folder), else None.
+        self._artifact_dir: str | None = (
+            os.path.abspath(self._root.path) if self._archive is None and self._root.is_local
+            else None
+        )
+
+    @property
+    def artifact_dir(self) -> str | None:
+        """The folder of an ``archive+file`` store; None for an archive or a remote store."""
+        return self._artifact_dir
 
     # ------------------------------------------------------------------ MLflow's interface
 
     def log_artifact(self, local_file: str, artifact_path: str | None = None) -> None:
         """Store one file as it comes (a packed model's file of the same path is shadowed)."""
-        relative = _join(_clean(artifact_path), os.path.basename(local_file))
+        folder = _write_path(artifact_path)
+        name = os.path.basename(local_file)
+        _check_file_name(name)
+        relative = _join(folder, name)
         with _mlflow_errors():
-            self._refuse_inside_archive(posixpath.dirname(relative), "add a file to")
-            self._put_plain(Path(local_file), relative)
+            self._refuse_inside_archive(folder, "add a file to")
+            if self._artifact_dir is not None:
+                self._contain(relative)
+                with contextlib.suppress(OSError):
+                    if os.path.samefile(local_file, self._full(relative)):
+                        return  # the file is already where it would be logged
+            self._put_plain(Path(local_file), relative, keep_stat=True)
+
+    def log_artifact_from_stream(self, stream: BinaryIO, artifact_file_name: str,
+                                 artifact_path: str | None = None) -> None:
+        """Store the bytes of ``stream`` as one file (the tracking server's uploads), without
+        a copy on the way; any folders in ``artifact_file_name`` are ignored. Errors of the
+        stream itself, and of the local disk, reach the caller as they are, as from MLflow's
+        local repository."""
+        folder = _write_path(artifact_path)
+        name = os.path.basename(str(artifact_file_name).replace("\\", "/"))
+        _check_file_name(name)
+        relative = _join(folder, name)
+        with _mlflow_errors(os_errors=False):
+            self._refuse_inside_archive(folder, "add a file to")
+            self._put_stream(stream, relative, _set_default_mode)
+
+    async def log_artifact_from_async_stream(self, chunks: AsyncIterable[bytes],
+                                             artifact_file_name: str,
+                                             artifact_path: str | None = None) -> None:
+        """:meth:`log_artifact_from_stream` for chunks that arrive asynchronously: they are
+        gathered into a private temporary file first, then stored in one step."""
+        with tempfile.TemporaryDirectory(prefix="mlflow-archive-upload-") as scratch:
+            staged = Path(scratch, "upload")
+            with staged.open("wb") as handle:
+                async for chunk in chunks:
+                    await asyncio.to_thread(handle.write, chunk)
+            with staged.open("rb") as stream:
+                await asyncio.to_thread(self.log_artifact_from_stream, stream,
+                                        artifact_file_name, artifact_path)
 
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
         """Write an archive (the URI names one), or store the folder: every model directory
         in it (a folder holding ``MLmodel``) as one archive object, other files as they are."""
         local = Path(local_dir)
-        relative = _clean(artifact_path)
+        relative = _write_path(artifact_path)
         with _mlflow_errors():
             if not local.is_dir():
                 raise ArchiveError(f"{local_dir} is not a folder; log a folder of files")
@@ -130,14 +200,17 @@ class ArchiveArtifactRepository(ArtifactRepository):
                 return
             if relative and is_archive_name(relative):
                 self._refuse_inside_archive(posixpath.dirname(relative), "add files to")
+                self._contain(relative)
                 self._write_archive(local, self._at(self._full(relative)))
                 return
             self._refuse_inside_archive(relative, "add files to")
+            self._contain(relative)
             self._store_folder(local, relative)
 
     def list_artifacts(self, path: str | None = None) -> list[FileInfo]:
         """The files and folders directly under ``path``; empty if ``path`` is a file."""
-        relative = _clean(path)
+        relative = _read_path(path)
+        self._contain(relative)
         with _mlflow_errors():
             self._forget_listings()
             inside = self._inside_archive(relative)
@@ -146,8 +219,31 @@ class ArchiveArtifactRepository(ArtifactRepository):
                 return _list_local(model_dir, within, shown)
             return self._list_store(relative)
 
+    def _is_directory(self, artifact_path: str | None) -> bool:
+        relative = _read_path(artifact_path)
+        if self._artifact_dir is not None:
+            self._contain(relative)
+            if os.path.isdir(self._full(relative)):
+                return True  # an empty folder is a folder too, as in MLflow's local store
+        return super()._is_directory(artifact_path)
+
+    def download_artifacts(self, artifact_path: str | None, dst_path: str | None = None) -> str:
+        """MLflow's download; without ``dst_path``, a plain file or folder of a local store is
+        returned where it is (as MLflow's local repository does), not copied."""
+        relative = _read_path(artifact_path)
+        self._contain(relative)
+        if not dst_path and self._artifact_dir is not None:
+            with _mlflow_errors():
+                direct = self._direct_local(relative)
+            if direct is not None:
+                return direct
+            if relative and not self._found_anywhere(relative):
+                raise self._no_such_artifact(relative)
+        return super().download_artifacts(artifact_path, dst_path)
+
     def _download_file(self, remote_file_path: str, local_path: str) -> None:
-        relative = _clean(remote_file_path)
+        relative = _read_path(remote_file_path)
+        self._contain(relative)
         with _mlflow_errors():
             inside = self._inside_archive(relative)
             if inside is not None and (inside[1] or self._archive is not None):
@@ -155,19 +251,24 @@ class ArchiveArtifactRepository(ArtifactRepository):
                 _copy_out(model_dir, within, local_path, self._describe(relative))
                 return
             if self._is_plain_file(relative):
+                if self._artifact_dir is not None:
+                    shutil.copyfile(self._full(relative), local_path)
+                    return
                 with remote_errors(self._root, "read"):
                     self._root.fs.get_file(self._full(relative), local_path)
                 return
             for folder, model_dir in self._packed_above(relative):
                 within = _relative_to(relative, folder)
                 if (model_dir / within).is_file():
-                    shutil.copyfile(model_dir / within, local_path)
+                    _copy_out(model_dir, within, local_path, self._describe(relative))
                     return
-            raise SourceNotFoundError(f"{self._describe(relative)} does not exist")
+        raise self._no_such_artifact(relative)
 
     def delete_artifacts(self, artifact_path: str | None = None) -> None:
-        """Delete a file or folder (packed models in it included) or a whole archive."""
-        relative = _clean(artifact_path)
+        """Delete a file or folder (packed models in it included) or a whole archive. In a
+        local store a symbolic link is removed itself, never what it leads to."""
+        relative = _read_path(artifact_path)
+        self._contain(posixpath.dirname(relative))
         with _mlflow_errors():
             if self._archive is not None:
                 location, within = self._archive
@@ -177,22 +278,123 @@ class ArchiveArtifactRepository(ArtifactRepository):
                 self._remove(location.path, location)
                 return
             full = self._full(relative)
-            if self._exists(full):
+            if self._artifact_dir is not None:
+                if _remove_local(full):
+                    self._models.clear()
+                    return
+            elif self._exists(full):
                 self._remove(full, self._root)
-            elif any(True for _ in self._packed_above(relative)):
+                return
+            if any(True for _ in self._packed_above(relative)):
                 raise UnsupportedError(
                     f"{self._describe(relative)} is part of a model stored as one archive; "
                     "delete the model's whole folder"
                 )
 
     def get_local_path(self, artifact_path: str) -> str | None:
-        """The file itself when it is a plain local file (the tracking server then sends it
-        without a copy); ``None`` for anything read from an archive or a remote store."""
-        relative = _clean(artifact_path)
-        if self._archive is not None or not self._root.is_local:
+        """The file itself when it is a plain file of a local store (the tracking server then
+        sends it without a copy); ``None`` for anything read from an archive or a remote
+        store; MLflow's "No such artifact" error for what is in neither."""
+        relative = _read_path(artifact_path)
+        if self._artifact_dir is None:
             return None
-        full = self._full(relative)
-        return full if os.path.isfile(full) and posixpath.basename(full) != PACKED_NAME else None
+        self._contain(relative)
+        with _mlflow_errors():
+            direct = self._direct_local(relative)
+            if direct is not None and os.path.isfile(direct):
+                return direct
+            if direct is not None or self._found_anywhere(relative):
+                return None
+        raise self._no_such_artifact(relative)
+
+    # ------------------------------------------------------------------ a local store's paths
+
+    def _contain(self, relative: str) -> None:
+        """In a local store, refuse (with MLflow's own error) a path that, or any of whose
+        folders, resolves outside the store through a symbolic link. Elsewhere nothing to do:
+        object stores have no links."""
+        if self._artifact_dir is None or not relative:
+            return
+        parts = relative.split("/")
+        for index in range(1, len(parts) + 1):
+            validate_path_within_directory(self._artifact_dir,
+                                           os.path.join(self._artifact_dir, *parts[:index]))
+
+    def _inside_store(self, relative: str) -> bool:
+        try:
+            self._contain(relative)
+        except MlflowException:
+            return False
+        return True
+
+    def _direct_local(self, relative: str) -> str | None:
+        """The local path of ``relative`` when reading it there gives exactly what the store
+        holds: a plain file, or a folder with no packed model in, above or below it and no
+        link below it that leads out of the store. None otherwise."""
+        if self._inside_archive(relative) is not None:
+            return None  # an archive read as the model inside it, or a path in one
+        full = os.path.abspath(self._full(relative))
+        name = posixpath.basename(relative)
+        if os.path.isfile(full):
+            hidden = name == PACKED_NAME or name.startswith(UPLOADING_PREFIX)
+            return None if hidden or _PARTIAL.match(name) else full
+        if not os.path.isdir(full):
+            return None
+        parts = relative.split("/") if relative else []
+        if any(os.path.isfile(os.path.join(self._full("/".join(parts[:index])), PACKED_NAME))
+               for index in range(len(parts))):
+            return None
+        for top, folders, files in os.walk(full):
+            if PACKED_NAME in files:
+                return None
+            for entry in (*folders, *files):
+                path = os.path.join(top, entry)
+                if os.path.islink(path) and not self._inside_store(
+                        os.path.relpath(path, self._artifact_dir).replace(os.sep, "/")):
+                    return None
+        return full
+
+    def _found_anywhere(self, relative: str) -> bool:
+        """Whether ``relative`` names anything the store holds, packed or plain."""
+        if not relative or os.path.lexists(self._full(relative)):
+            return True
+        inside = self._inside_archive(relative)
+        if inside is not None:
+            model_dir, within, _ = inside
+            return (model_dir / within).exists()
+        return any((model_dir / _relative_to(relative, folder)).exists()
+                   for folder, model_dir in self._packed_above(relative))
+
+    def _no_such_artifact(self, relative: str) -> MlflowException:
+        return MlflowException(f"No such artifact: '{relative}' in {self._describe('')}",
+                               RESOURCE_DOES_NOT_EXIST)
+
+    def _write_to_destination_path(self, name: str, writer: Callable[[BinaryIO], None],
+                                   folder: str,
+                                   finalize: Callable[[str], None] | None = None) -> None:
+        """Write a file of a local store as MLflow's local repository does: into a hidden
+        ``.artifact.uploading.`` file in the destination folder, renamed into place only once
+        complete (and removed otherwise), so no reader ever sees part of it."""
+        self._contain(_join(folder, name))
+        directory = self._full(folder)
+        os.makedirs(directory, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=UPLOADING_PREFIX)
+        published = False
+        try:
+            handle = os.fdopen(descriptor, "wb")
+            descriptor = None
+            with handle:
+                writer(handle)
+            if finalize is not None:
+                finalize(temporary)
+            os.replace(temporary, os.path.join(directory, name))
+            published = True
+        finally:
+            if descriptor is not None:
+                os.close(descriptor)
+            if not published:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(temporary)
 
     # ------------------------------------------------------------------ reading archives
 
@@ -276,6 +478,13 @@ class ArchiveArtifactRepository(ArtifactRepository):
             if (model_dir / within).is_dir():
                 for info in _list_local(model_dir, within, relative):
                     found[info.path] = info
+        if self._artifact_dir is not None:
+            if os.path.isfile(self._full(relative)):
+                return []  # ``relative`` is a file
+            for name, is_dir, size in self._local_entries(relative):
+                path = _join(relative, name)
+                found[path] = FileInfo(path, is_dir, size)
+            return sorted(found.values(), key=lambda info: info.path)
         full = self._full(relative)
         with remote_errors(self._root, "read"):
             try:
@@ -284,7 +493,7 @@ class ArchiveArtifactRepository(ArtifactRepository):
                 entries = []
         for entry in entries:
             name = posixpath.basename(str(entry["name"]).rstrip("/"))
-            if name == PACKED_NAME or _PARTIAL.match(name) or not name:
+            if _hidden(name) or name in (".", ".."):
                 continue
             if str(entry["name"]).rstrip("/") == full.rstrip("/"):
                 return []  # ``relative`` is a file
@@ -292,6 +501,28 @@ class ArchiveArtifactRepository(ArtifactRepository):
             path = _join(relative, name)
             found[path] = FileInfo(path, is_dir, None if is_dir else int(entry.get("size") or 0))
         return sorted(found.values(), key=lambda info: info.path)
+
+    def _local_entries(self, relative: str) -> Iterator[tuple[str, bool, int | None]]:
+        """(name, is folder, size) of what a local store's folder holds; a link that leads
+        out of the store is left out, unread."""
+        try:
+            scanner = os.scandir(self._full(relative))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        with scanner:
+            for entry in sorted(scanner, key=lambda e: e.name):
+                if _hidden(entry.name):
+                    continue
+                if entry.is_symlink() and not self._inside_store(_join(relative, entry.name)):
+                    _logger.warning("not listing %s: it is a symbolic link that leads out of "
+                                    "the store", self._describe(_join(relative, entry.name)))
+                    continue
+                try:
+                    is_dir = entry.is_dir()
+                    size = None if is_dir else entry.stat().st_size
+                except OSError:
+                    continue  # a link to nothing: nothing to list or download
+                yield entry.name, is_dir, size
 
     def _packed_above(self, relative: str, include_self: bool = False
                       ) -> Iterator[tuple[str, Path]]:
@@ -303,6 +534,7 @@ class ArchiveArtifactRepository(ArtifactRepository):
             folder = "/".join(parts[:index])
             packed = self._at(self._full(_join(folder, PACKED_NAME)))
             if self._is_file(packed.path):
+                self._contain(_join(folder, PACKED_NAME))
                 model_dir = self._model_of(packed, required=True)
                 if model_dir is not None:
                     yield folder, model_dir
@@ -314,12 +546,20 @@ class ArchiveArtifactRepository(ArtifactRepository):
             inside = model.relative_to(local).as_posix()
             self._pack(model, _join(relative, "" if inside == "." else inside))
         for path in sorted(local.rglob("*")):
-            if path.is_file() and not any(model in path.parents for model in models):
-                self._put_plain(path, _join(relative, path.relative_to(local).as_posix()))
+            if any(model == path or model in path.parents for model in models):
+                continue
+            target = _join(relative, path.relative_to(local).as_posix())
+            if path.is_file():
+                self._put_plain(path, target)
+            elif path.is_dir() and self._artifact_dir is not None:
+                # Folders are kept, empty ones too, as MLflow's local repository keeps them.
+                self._contain(target)
+                os.makedirs(self._full(target), exist_ok=True)
 
     def _pack(self, model: Path, folder: str) -> None:
         """Store ``model`` as the archive object of ``folder``, merged with what a model
         packed there before held, then drop plain files it now holds newer copies of."""
+        self._contain(_join(folder, PACKED_NAME))
         packed = self._at(self._full(_join(folder, PACKED_NAME)))
         with tempfile.TemporaryDirectory(prefix="mlflow-archive-pack-") as scratch:
             source = model
@@ -341,6 +581,14 @@ class ArchiveArtifactRepository(ArtifactRepository):
         self._drop_shadowed(model, folder)
 
     def _drop_shadowed(self, model: Path, folder: str) -> None:
+        if self._artifact_dir is not None:
+            for path in sorted(model.rglob("*")):
+                candidate = _join(folder, path.relative_to(model).as_posix())
+                if path.is_file() and self._inside_store(candidate):
+                    local = self._full(candidate)
+                    if os.path.islink(local) or os.path.isfile(local):
+                        os.remove(local)  # a link goes, never what it leads to
+            return
         full = self._full(folder)
         with remote_errors(self._root, "write"):
             try:
@@ -353,15 +601,30 @@ class ArchiveArtifactRepository(ArtifactRepository):
                     if candidate in existing:
                         self._root.fs.rm(candidate)
 
-    def _put_plain(self, local: Path, relative: str) -> None:
+    def _put_plain(self, local: Path, relative: str, *, keep_stat: bool = False) -> None:
+        """Store the file ``local`` at ``relative``; with ``keep_stat`` its times and mode go
+        along (``log_artifact``), else it gets a new file's mode (``log_artifacts``)."""
+        with local.open("rb") as source:
+            self._put_stream(source, relative, (lambda temporary: shutil.copystat(
+                local, temporary)) if keep_stat else _set_default_mode)
+
+    def _put_stream(self, source: BinaryIO, relative: str,
+                    finalize: Callable[[str], None] | None) -> None:
         if not relative:
             raise ArchiveError("give the file a name inside the store")
         if posixpath.basename(relative) == PACKED_NAME:
             raise UnsupportedError(f"{PACKED_NAME} is the name this store keeps packed models "
                                    "under; rename the file")
+        _check_file_name(posixpath.basename(relative))
+        if self._artifact_dir is not None:
+            folder, name = posixpath.split(relative)
+            self._write_to_destination_path(
+                name, lambda sink: shutil.copyfileobj(source, sink, _COPY_BLOCK), folder,
+                finalize)
+            return
         target = self._at(self._full(relative))
-        with publish_file(target, force=True) as sink, local.open("rb") as source:
-            shutil.copyfileobj(source, sink, 1024 * 1024)
+        with publish_file(target, force=True) as sink:
+            shutil.copyfileobj(source, sink, _COPY_BLOCK)
 
     def _write_archive(self, local: Path, location: Location) -> None:
         if not (local / MLMODEL).is_file():
@@ -532,9 +795,10 @@ def storage_options(url: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _mlflow_errors() -> Iterator[None]:
+def _mlflow_errors(*, os_errors: bool = True) -> Iterator[None]:
     """Turn the plugin's one-line errors into MLflow's own error type, with a code MLflow maps
-    to a status (not found, already exists, bad input)."""
+    to a status (not found, already exists, bad input); ``os_errors`` says whether failures
+    of the file system are turned too."""
     try:
         yield
     except MlflowException:
@@ -546,6 +810,8 @@ def _mlflow_errors() -> Iterator[None]:
     except ArchiveError as exc:
         raise MlflowException(str(exc), INVALID_PARAMETER_VALUE) from exc
     except OSError as exc:
+        if not os_errors:
+            raise
         where = f": {exc.filename}" if exc.filename else ""
         raise MlflowException(f"{exc.strerror or exc}{where}") from exc
 
@@ -631,6 +897,61 @@ def _model_name(model_dir: Path) -> str:
 # ---------------------------------------------------------------------- small helpers
 
 
+def _write_path(path: str | None) -> str:
+    """A folder to write into, given by a caller: MLflow's own check ("Invalid artifact
+    path" for ``/``, absolute paths, ``.``, ``..``), then in POSIX form."""
+    verify_artifact_path(path)
+    return _clean(path)
+
+
+def _read_path(path: str | None) -> str:
+    """A path to read, list or delete, given by a caller: MLflow's own check ("Invalid path"
+    for absolute paths and ``..``), then in POSIX form."""
+    if path:
+        validate_path_is_safe(str(path))
+    return _clean(path)
+
+
+def _check_file_name(name: str) -> None:
+    if name.startswith(UPLOADING_PREFIX):
+        raise MlflowException(
+            f"Invalid artifact file name {name!r}: Artifact names starting with "
+            f"{UPLOADING_PREFIX!r} are reserved for files being written; rename the file",
+            INVALID_PARAMETER_VALUE,
+        )
+
+
+def _hidden(name: str) -> bool:
+    """Names a listing never shows: the packed model and files still being written."""
+    return (not name or name == PACKED_NAME or name.startswith(UPLOADING_PREFIX)
+            or bool(_PARTIAL.match(name)))
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _set_default_mode(path: str) -> None:
+    """Give a file the mode ``open`` would have given it (the staging file has 0o600)."""
+    if os.name == "nt":
+        return
+    with _UMASK_LOCK:
+        umask = os.umask(0)
+        os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _remove_local(path: str) -> bool:
+    """Remove a file, folder or link of a local store; a link is removed itself and a folder's
+    links too (``shutil.rmtree`` never follows them). Whether anything was there."""
+    if os.path.islink(path) or os.path.isfile(path):
+        os.remove(path)
+        return True
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+        return True
+    return False
+
+
 def _clean(path: str | None) -> str:
     """A relative artifact path in POSIX form; ``..`` and absolute paths are refused."""
     if not path:
@@ -682,13 +1003,24 @@ def _shown(location: Location) -> str:
     return location.url
 
 
+def _within(model_dir: Path, within: str) -> Path:
+    """``model_dir/within``, refused if a link would lead it out of the extracted model (the
+    safe reader writes none; this holds even if one were there)."""
+    path = model_dir / within if within else model_dir
+    if not path.resolve().is_relative_to(model_dir.resolve()):
+        raise UnsafeArchiveError(f"{within} leads out of the archive's files; it is not read")
+    return path
+
+
 def _list_local(model_dir: Path, within: str, shown: str) -> list[FileInfo]:
     """FileInfos of ``model_dir/within``'s children, with paths under ``shown``."""
-    folder = model_dir / within if within else model_dir
+    folder = _within(model_dir, within)
     if not folder.is_dir():
         return []  # a file, or nothing: MLflow's contract lists neither
     infos = []
     for child in sorted(folder.iterdir(), key=lambda p: p.name):
+        if child.is_symlink() and not child.resolve().is_relative_to(model_dir.resolve()):
+            continue
         is_dir = child.is_dir()
         infos.append(FileInfo(_join(shown, child.name), is_dir,
                               None if is_dir else child.stat().st_size))
@@ -696,7 +1028,7 @@ def _list_local(model_dir: Path, within: str, shown: str) -> list[FileInfo]:
 
 
 def _copy_out(model_dir: Path, within: str, local_path: str, shown: str) -> None:
-    source = model_dir / within
+    source = _within(model_dir, within)
     if not within or not source.is_file():
         raise SourceNotFoundError(f"{shown} does not exist in the archive")
     shutil.copyfile(source, local_path)
