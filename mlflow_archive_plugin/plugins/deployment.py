@@ -12,6 +12,15 @@ archive: the old one until the new one is finished, never a half-written one. ``
 and ``run-local`` read the archive through the plugin's verifying reader, so what is served
 is what its checksums say, and ``predict`` also checks the file against the record.
 
+Nothing in a store is trusted, since anyone who can write to it can plant things there.
+A record is read (at most 1 MiB) and checked before anything is done with it: its name,
+its revision folder (``r<n>-<8 hex digits>``, as :meth:`ArchiveDeploymentClient._publish`
+names them, never ``../../x``), its archive's file name (one plain name) and its location,
+which must be that file in that revision folder of this store; the archive is only ever
+read from there. In a local store no symbolic link is followed: a deployment folder, record,
+revision folder or archive that is a link is refused, so nothing outside the store is read,
+written or deleted through one. Each refusal is one line naming the record.
+
 MLflow finds this module through the ``mlflow.deployments`` entry point named ``archive``
 and calls :func:`target_help`, :func:`run_local` and :class:`ArchiveDeploymentClient`.
 """
@@ -63,6 +72,11 @@ SERVE_KEYS = ("port", "host")
 
 # A name becomes a folder of the store, locally and in object stores alike.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# The revision folders _publish makes, and the archive file names export writes.
+_REVISION_DIR = re.compile(r"r[0-9]{1,9}-[0-9a-f]{8}")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+# A record is a few hundred bytes; anything past this is no record of this plugin's.
+MAX_RECORD_BYTES = 1024 * 1024
 _HASH_BLOCK = 1024 * 1024
 
 
@@ -289,13 +303,16 @@ class ArchiveDeploymentClient(BaseDeploymentClient):
         _check_endpoint(endpoint)
         _checked_config(config, allowed=())
         folder = self._folder(name)
-        record = self._read_record(name)
-        if record is None and not self._exists(folder):
+        record = self._record_location(name)
+        # A damaged or untrustworthy record is deleted too (that is the way out the messages
+        # point to); only what lies in the store is removed, never anything a link leads to.
+        self._refuse_links(record)
+        if not self._exists(record) and not self._exists(folder):
             click.echo(f"warning: no deployment {name!r} in {self.store.url}; nothing to delete",
                        err=True)
             return
-        if record is not None:
-            self._remove(folder.child(RECORD_NAME))
+        if self._exists(record):
+            self._remove(record)
         self._remove(folder)
         self._loaded.pop(name, None)
 
@@ -366,6 +383,7 @@ class ArchiveDeploymentClient(BaseDeploymentClient):
 
         revision_dir = f"r{revision}-{uuid.uuid4().hex[:8]}"
         target = self._folder(name).child(revision_dir)
+        self._refuse_links(target)
         folder_url = target.url.rstrip("/") + ("/" if not target.is_local else os.sep)
         try:
             with _as_deployment_error(f"cannot deploy {model_uri} as {name!r}"):
@@ -404,20 +422,92 @@ class ArchiveDeploymentClient(BaseDeploymentClient):
         return self._folder(name).child(RECORD_NAME)
 
     def _read_record(self, name: str) -> dict[str, Any] | None:
+        """The record of ``name``, checked (see the module); None if there is none."""
         where = self._record_location(name)
+        self._refuse_links(where)
         with remote_errors(where, "read"):
             try:
-                raw = where.fs.cat_file(where.path)
-            except (FileNotFoundError, NotADirectoryError):
+                with where.fs.open(where.path, "rb") as handle:
+                    raw = handle.read(MAX_RECORD_BYTES + 1)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return None
+        if len(raw) > MAX_RECORD_BYTES:
+            raise DeploymentError(f"the record {where.url} is larger than "
+                                  f"{MAX_RECORD_BYTES} bytes, so it is no deployment record; "
+                                  f"delete deployment {name!r} and create it again")
         try:
             record = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             record = None
         if not isinstance(record, dict) or record.get("name") != name:
             raise DeploymentError(f"the record {where.url} is damaged; delete deployment "
                                   f"{name!r} and create it again")
+        problem = self._untrusted(record)
+        if problem:
+            raise DeploymentError(f"the record {where.url} is refused: {problem}; nothing "
+                                  f"was read or changed; delete deployment {name!r} and "
+                                  "create it again")
         return record
+
+    def _untrusted(self, record: dict[str, Any]) -> str | None:
+        """What in ``record`` cannot be trusted, or None: every field that decides what is
+        read, written or deleted must name something inside this deployment's folder."""
+        revision_dir, file = record.get("revision_dir"), record.get("file")
+        if not isinstance(revision_dir, str) or not _REVISION_DIR.fullmatch(revision_dir):
+            return (f"its revision folder {revision_dir!r} is not one this store makes "
+                    "(r<n>-<8 hex digits>)")
+        if not isinstance(file, str) or not _FILE_NAME.fullmatch(file) or ".." in file:
+            return f"its archive file name {file!r} is not one plain file name"
+        archive = self._archive_location(record)
+        location = record.get("location")
+        same = location == archive.url or (
+            archive.is_local and isinstance(location, str)
+            and os.path.abspath(location) == os.path.abspath(archive.path))
+        if not same:
+            return (f"its location {location!r} is not the archive's place in this store "
+                    f"({archive.url})")
+        revision = record.get("revision")
+        if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
+            return f"its revision {revision!r} is not a positive number"
+        if not isinstance(record.get("source"), str) or not record["source"]:
+            return "it names no source model URI"
+        config = record.get("config") or {}
+        if not isinstance(config, dict) or any(
+                key not in ARCHIVE_KEYS or not isinstance(value, str)
+                for key, value in config.items()):
+            return f"its config holds keys other than {', '.join(ARCHIVE_KEYS)}"
+        sha256 = record.get("sha256")
+        if sha256 is not None and not (isinstance(sha256, str)
+                                       and re.fullmatch(r"[0-9a-f]{64}", sha256)):
+            return "its sha256 is not a SHA-256 digest"
+        return None
+
+    def _archive_location(self, record: dict[str, Any]) -> Location:
+        """Where a (checked) record's archive is: always inside the deployment's folder."""
+        return (self._folder(record["name"]).child(record["revision_dir"])
+                .child(record["file"]))
+
+    def _refuse_links(self, where: Location) -> None:
+        """In a local store, refuse ``where`` if it, or any folder between the store and it,
+        is a symbolic link: one planted there could lead anywhere."""
+        if not where.is_local:
+            return
+        root = os.path.abspath(self.store.path)
+        path = os.path.abspath(where.path)
+        relative = os.path.relpath(path, root)
+        if relative == os.curdir:
+            return
+        if relative.startswith(os.pardir):
+            raise DeploymentError(f"{where.url} is outside the store {self.store.url}; "
+                                  "nothing there is read or changed")
+        current = root
+        for part in relative.split(os.sep):
+            current = os.path.join(current, part)
+            if os.path.islink(current):
+                raise DeploymentError(
+                    f"{current} is a symbolic link planted in the store {self.store.url}; "
+                    "the store follows none (it could lead outside); remove the link"
+                )
 
     def _existing_record(self, name: str) -> dict[str, Any]:
         _check_name(name)
@@ -436,6 +526,7 @@ class ArchiveDeploymentClient(BaseDeploymentClient):
         from mlflow_archive_plugin.storage.location import publish_file
 
         where = self._record_location(name)
+        self._refuse_links(where)
         data = (json.dumps(record, indent=2) + "\n").encode()
         if not replace and self._exists(where):
             raise DeploymentError(f"deployment {name!r} was created meanwhile in "
@@ -464,6 +555,13 @@ class ArchiveDeploymentClient(BaseDeploymentClient):
 
     def _remove(self, where: Location, *, best_effort: bool = False) -> None:
         try:
+            self._refuse_links(where)
+        except DeploymentError as exc:
+            if not best_effort:
+                raise
+            click.echo(f"warning: {exc.message}; it was left in place", err=True)
+            return
+        try:
             with remote_errors(where, "write"):
                 if where.fs.exists(where.path):
                     where.fs.rm(where.path, recursive=True)
@@ -482,7 +580,8 @@ class ArchiveDeploymentClient(BaseDeploymentClient):
         folder = tempfile.TemporaryDirectory(prefix="mlflow-archive-deployment-")
         try:
             with _as_deployment_error(f"cannot load deployment {name!r}"):
-                source = resolve(record["location"], self.storage_options)
+                source = self._archive_location(record)
+                self._refuse_links(source)
                 with fetched(source) as local:
                     expected = record.get("sha256")
                     if expected and _sha256(Path(local.path)) != expected:
