@@ -160,6 +160,7 @@ def export_model(
     sign_key: str | os.PathLike | None = None,
     options: dict[str, Any] | None = None,
     encryption_key: bytes | None = None,
+    follow_symlinks: bool = False,
 ) -> ExportResult:
     """Export the model at ``model_uri`` as an archive at ``dest``.
 
@@ -189,6 +190,12 @@ def export_model(
 
     A model imported from a foreign archive (a ``.mar`` made by torch-model-archiver) is
     exported in that archive's format as the very bytes that were imported.
+
+    Only the model's own files are packed: a symbolic link in its folder that leads outside
+    it, or nowhere, is refused (:class:`~mlflow_archive_plugin.errors.UnsafeArchiveError`)
+    unless ``follow_symlinks``, which packs the target's bytes as a regular file under the
+    link's name. Every URI the archive records (lineage, registry and run metadata, ``MLmodel``)
+    is written without user names, passwords and secret query parameters.
     """
     layout = get_layout(format)
     uris = [model_uri] if isinstance(model_uri, str) else list(model_uri)
@@ -228,7 +235,8 @@ def export_model(
             download = Path(scratch, "download" if index == 0 else f"download-{index}")
             download.mkdir()
             snapshots.append(read_model(
-                uri, download, tracking_uri=tracking_uri, registry_uri=registry_uri
+                uri, download, tracking_uri=tracking_uri, registry_uri=registry_uri,
+                follow_symlinks=follow_symlinks,
             ))
         snapshot = snapshots[0]
         if len(snapshots) > 1:

@@ -256,12 +256,14 @@ def _read_key(key_file: str | None, key_env: str | None) -> bytes | None:
 @click.option("--sign-key", type=_KEY, help="Sign with this PEM EC private key (OpenSSF "
               "model-signing; needs the [sign] extra): model.sig over model/, checksum.sig "
               "over checksum.txt and so every file.")
+@click.option("--follow-symlinks", is_flag=True, help="Pack the target of a symbolic link in "
+              "the model folder that leads outside it, as a regular file (refused without).")
 @_storage_option
 @_mar_options
 @_mlarchive_options
 def export_command(model_uris, dest, fmt, container, force, tracking_uri, as_json, quiet,
-                   sign_key, storage_options, strict, encrypt, key_file, key_env, cleanup,
-                   cleanup_files, **mar):
+                   sign_key, follow_symlinks, storage_options, strict, encrypt, key_file,
+                   key_env, cleanup, cleanup_files, **mar):
     """Export MODEL_URI (models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID, runs:/RUN/NAME).
 
     With --format mar the archive is a TorchServe .mar serving the model through
@@ -287,7 +289,8 @@ def export_command(model_uris, dest, fmt, container, force, tracking_uri, as_jso
                               format=fmt, container=container, force=force,
                               tracking_uri=tracking_uri, storage_options=storage_options,
                               progress=_progress(quiet), sign_key=sign_key,
-                              options=options or None, encryption_key=key)
+                              options=options or None, encryption_key=key,
+                              follow_symlinks=follow_symlinks)
     for line in result.warnings:
         click.echo(f"warning: {line}", err=True)
     data = {key: getattr(result, key) for key in

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import os
 import re
+import shutil
+import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import mlflow
-import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlflow_archive_plugin.errors import CorruptArchiveError, ModelNotFoundError
+from mlflow_archive_plugin.errors import (
+    ArchiveError,
+    CorruptArchiveError,
+    ModelNotFoundError,
+    UnsafeArchiveError,
+)
 from mlflow_archive_plugin.mlflow_side.served import stream_from_server
 from mlflow_archive_plugin.mlflow_side.tracking import (
     MLFLOW_MODEL_VERSIONS,
@@ -23,7 +31,6 @@ from mlflow_archive_plugin.mlflow_side.tracking import (
     filter_value,
     is_missing,
     mlflow_errors,
-    redact_uri,
     resolve_tracking_uri,
 )
 from mlflow_archive_plugin.snapshot import (
@@ -34,6 +41,8 @@ from mlflow_archive_plugin.snapshot import (
     RunInfo,
     Snapshot,
 )
+from mlflow_archive_plugin.storage.location import redact_data, redact_uri, secret_uris
+from mlflow_archive_plugin.trust.parsing import load_yaml
 
 _LOGGED_MODEL = re.compile(r"^models:/(m-[0-9a-f]+)/?$")
 _BY_ALIAS = re.compile(r"^models:/([^/@]+)@([^/]+)/?$")
@@ -48,6 +57,7 @@ def read_model(
     tracking_uri: str | None = None,
     registry_uri: str | None = None,
     stream: bool = True,
+    follow_symlinks: bool = False,
 ) -> Snapshot:
     """Resolve ``model_uri``, download its files into ``download_dir`` and collect its metadata.
 
@@ -56,6 +66,14 @@ def read_model(
     first; nothing on the export path writes into ``model_dir``. Behind a server's artifact
     proxy, with ``stream``, large files are left to be streamed by the archive writer
     (``Snapshot.deferred``).
+
+    Nothing that is not the model's is packed: a symbolic link in the model folder that leads
+    outside it (or nowhere) is refused in one line unless ``follow_symlinks``, and then its
+    target's bytes are packed as a regular file under the link's name, as are those of a link
+    that stays inside. Every URI the snapshot records (lineage, registry and run metadata,
+    ``MLmodel``) has its user name, password and secret query parameters removed; where the
+    ``MLmodel`` file holds such a URI, the archive gets a rewritten copy (see
+    :func:`redacted_mlmodel`), placed with the model's other files in ``download_dir``.
     """
     tracking_uri = resolve_tracking_uri(tracking_uri)
     registry_uri = registry_uri or tracking_uri
@@ -74,7 +92,7 @@ def read_model(
             logged_info.run_output_step = _output_step(client, run.run_id, logged.model_id)
         else:
             logged_info = _logged_info(logged) if logged is not None else None
-        model_dir = _local_model_dir(files_uri)
+        model_dir = _local_model_dir(_run_artifacts(client, files_uri))
         deferred: dict = {}
         if model_dir is None and stream:
             streamed = stream_from_server(files_uri, download_dir, tracking_uri, registry_uri)
@@ -82,9 +100,11 @@ def read_model(
                 model_dir, deferred = _checked_model_dir(download_dir, files_uri), streamed
         if model_dir is None:
             model_dir = _download(files_uri, download_dir, tracking_uri, registry_uri)
+    model_dir, mlmodel = _bounded_model(model_dir, download_dir, follow_symlinks=follow_symlinks,
+                                        skip=set(deferred))
     return Snapshot(
         model_dir=model_dir,
-        mlmodel=_mlmodel(model_dir),
+        mlmodel=mlmodel,
         lineage=Lineage(
             model_uri=redact_uri(model_uri),
             source_tracking_uri=redact_uri(tracking_uri),
@@ -94,10 +114,10 @@ def read_model(
             plugin_version=_plugin_version(),
             mlflow_version=mlflow.__version__,
         ),
-        registered_model=registered,
-        model_version=_version_info(version) if version is not None else None,
-        logged_model=logged_info,
-        run=run,
+        registered_model=_redacted(registered),
+        model_version=_redacted(_version_info(version) if version is not None else None),
+        logged_model=_redacted(logged_info),
+        run=_redacted(run),
         deferred=deferred,
     )
 
@@ -283,12 +303,8 @@ def _run(client: MlflowClient, run_id: str) -> RunInfo | None:
 def _local_model_dir(files_uri: str) -> Path | None:
     """The folder of a model whose artifact URI is a local path or ``file:`` URI, if it holds
     an MLflow model; None for anything MLflow must fetch."""
-    parts = urllib.parse.urlsplit(files_uri)
-    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
-        path = Path(urllib.request.url2pathname(parts.path))
-    elif parts.scheme == "" and not files_uri.startswith("//"):
-        path = Path(files_uri)  # a plain path: '%', '?' and '#' are part of the name
-    else:
+    path = _local_path(files_uri)
+    if path is None:
         return None
     path = path.resolve()
     return path if (path / "MLmodel").is_file() else None
@@ -314,14 +330,201 @@ def _checked_model_dir(path: Path, files_uri: str) -> Path:
     return path
 
 
-def _mlmodel(model_dir: Path) -> dict:
+def _run_artifacts(client: MlflowClient, files_uri: str) -> str:
+    """For ``runs:/<run>/<path>``, the run's own artifact location of ``path`` where that is
+    a local folder (so its links are checked, not copied through by MLflow's download);
+    ``files_uri`` otherwise."""
+    match = _RUNS.match(files_uri)
+    if match is None:
+        return files_uri
+    root = client.get_run(match.group(1)).info.artifact_uri or ""
+    local = _local_path(root)
+    return str(local / match.group(2)) if local is not None else files_uri
+
+
+def _local_path(uri: str) -> Path | None:
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+        return Path(urllib.request.url2pathname(parts.path))
+    if parts.scheme == "" and uri and not uri.startswith("//"):
+        return Path(uri)  # a plain path: '%', '?' and '#' are part of the name
+    return None
+
+
+def _bounded_model(model_dir: Path, download_dir: Path, *, follow_symlinks: bool,
+                   skip: set) -> tuple[Path, dict]:
+    """The folder to pack and its parsed (redacted) MLmodel, after checking every entry.
+
+    Returns ``model_dir`` itself when it holds no link and its MLmodel no secret; a model
+    downloaded into ``download_dir`` gets its MLmodel rewritten where it is. Otherwise (a
+    model read where it lies) the files go to a new folder under ``download_dir``, as hard
+    links where the file system allows and copies elsewhere, each link as the regular file it
+    leads to and MLmodel rewritten: the model's own folder is never written to.
+    """
+    files, linked = model_tree(model_dir, follow_symlinks=follow_symlinks)
+    raw = files["MLmodel"].read_bytes() if "MLmodel" in files else b""
+    rewritten = redacted_mlmodel(raw)
+    mlmodel = _parse_mlmodel(rewritten if rewritten is not None else raw)
+    if not linked and rewritten is None:
+        return model_dir, mlmodel
+    here = model_dir.resolve()
+    if not linked and (here == download_dir.resolve() or download_dir.resolve() in here.parents):
+        (model_dir / "MLmodel").write_bytes(rewritten)  # our own download: fixed in place
+        return model_dir, mlmodel
+    if skip:
+        raise UnsafeArchiveError(f"refused model files {sorted(linked)[:1]!r}: symbolic links "
+                                 "in a model streamed from a server; download it instead")
+    target = Path(tempfile.mkdtemp(prefix="model-", dir=download_dir))
+    for name, real in files.items():
+        dest = target / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if name == "MLmodel" and rewritten is not None:
+            dest.write_bytes(rewritten)
+        else:
+            _link_or_copy(real, dest)
+    return target, mlmodel
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
     try:
-        data = yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CorruptArchiveError(f"the model's MLmodel file is not valid YAML ({exc})") from exc
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
+
+
+def model_tree(model_dir: Path, *, follow_symlinks: bool = False
+               ) -> tuple[dict[str, Path], set[str]]:
+    """Every file of the model folder by its POSIX name, with the real file holding its
+    bytes, and the names that are (or lie under) symbolic links.
+
+    A link is refused in one line when it leads outside ``model_dir`` (unless
+    ``follow_symlinks``), nowhere (dangling), or to a folder that holds it (a loop); a special
+    file (FIFO, socket, device) is refused always. A link to a folder brings that folder's
+    files under the link's name.
+    """
+    root = model_dir.resolve()
+    files: dict[str, Path] = {}
+    linked: set[str] = set()
+
+    def visit(folder: Path, prefix: str, ancestors: frozenset, via_link: bool) -> None:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+        for entry in entries:
+            name, path = prefix + entry.name, Path(entry.path)
+            if entry.is_symlink():
+                real = _link_target(path, name, root, follow_symlinks)
+                if real.is_dir():
+                    if real in ancestors or real == root:
+                        _refuse_link(name, path, "a folder that contains the link (a loop)",
+                                     "replace the link with the files it should hold")
+                    visit(real, name + "/", ancestors | {real}, True)
+                elif real.is_file():
+                    files[name] = real
+                    linked.add(name)
+                else:
+                    _refuse_special(name)
+            elif entry.is_dir(follow_symlinks=False):
+                visit(path, name + "/", ancestors | {path.resolve()}, via_link)
+            elif entry.is_file(follow_symlinks=False):
+                files[name] = path
+                if via_link:
+                    linked.add(name)
+            else:
+                _refuse_special(name)
+
+    visit(root, "", frozenset({root}), False)
+    return files, linked
+
+
+def _link_target(path: Path, name: str, root: Path, follow_symlinks: bool) -> Path:
+    real = path.resolve()
+    if not real.exists():
+        _refuse_link(name, path, "nothing (a dangling link)",
+                     "remove the link or log the file it should point to")
+    if not follow_symlinks and real != root and root not in real.parents:
+        _refuse_link(name, path, "outside the model folder",
+                     "log the file itself into the model, or pass --follow-symlinks "
+                     "(follow_symlinks=True) to pack the target's bytes")
+    return real
+
+
+def _refuse_link(name: str, path: Path, where: str, fix: str) -> None:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    raise UnsafeArchiveError(
+        f"refused model file {name!r}: a symbolic link to {target!r}, which leads to {where}; "
+        f"{fix}"
+    )
+
+
+def _refuse_special(name: str) -> None:
+    raise UnsafeArchiveError(
+        f"refused model file {name!r}: not a regular file (a FIFO, socket or device); "
+        "remove it from the model folder"
+    )
+
+
+def redacted_mlmodel(raw: bytes) -> bytes | None:
+    """The ``MLmodel`` file with the secrets of every URI in its string values removed, or
+    None when it holds none (the file is then packed byte for byte).
+
+    MLflow needs no credentials from ``MLmodel`` to load a model; the values that may hold
+    such URIs are ``artifact_path`` (in MLflow 3 the logged model's artifact location),
+    ``metadata`` and flavor settings that name a source. Only the URIs change: each is
+    replaced where it is written, and the file is dumped again as MLflow writes it only if
+    that does not give the same document.
+    """
+    data = _parse_mlmodel(raw)
+    redacted = redact_data(data)
+    if redacted == data:
+        return None
+    text = raw.decode("utf-8")
+    for uri in sorted({uri for old in _strings(data) for uri in secret_uris(old)},
+                      key=len, reverse=True):
+        text = text.replace(uri, redact_uri(uri) or "")
+    replaced = text.encode("utf-8")
+    try:
+        if load_yaml(replaced, what="the model's MLmodel") == redacted:
+            return replaced
+    except ArchiveError:
+        pass
+    return _dump_yaml(redacted)
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _dump_yaml(data) -> bytes:
+    import yaml
+
+    return yaml.safe_dump(data, default_flow_style=False).encode("utf-8")
+
+
+def _parse_mlmodel(raw: bytes) -> dict:
+    data = load_yaml(raw, what="the model's MLmodel")
     if not isinstance(data, dict):
         raise CorruptArchiveError("the model's MLmodel file is not a YAML mapping")
     return data
+
+
+def _redacted(info):
+    """A registry or run record with ``redact_text`` applied to every string it holds
+    (descriptions, tags, params, sources and links), keys as they are."""
+    if info is None:
+        return None
+    values = {item.name: redact_data(getattr(info, item.name))
+              for item in dataclasses.fields(info)}
+    return dataclasses.replace(info, **values)
 
 
 def _plugin_version() -> str:

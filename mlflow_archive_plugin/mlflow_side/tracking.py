@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterator
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import mlflow
 import requests
@@ -23,27 +21,13 @@ from mlflow.protos.databricks_pb2 import (
 
 from mlflow_archive_plugin.errors import ModelNotFoundError, TrackingServerError, UnsupportedError
 
+# The one redaction of URIs (storage.location's), also imported from here by the MLflow side.
+from mlflow_archive_plugin.storage.location import redact_uri
+
 # The tag MLflow keeps on a LoggedModel listing the registered versions made from it.
 MLFLOW_MODEL_VERSIONS = "mlflow.modelVersions"
 
-_SECRET_QUERY_KEYS = re.compile(r"pass|secret|token|key|sig|credential|auth", re.IGNORECASE)
 _PROBE_TIMEOUT_SECONDS = 10
-
-
-def redact_uri(uri: str | None) -> str | None:
-    """``uri`` without user name, password, or secret-looking query parameters."""
-    if not uri:
-        return uri
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(k, v) for k, v in pairs if not _SECRET_QUERY_KEYS.search(k)]
-    if "@" not in parts.netloc and len(kept) == len(pairs):
-        return uri  # nothing to remove; rebuilding would turn sqlite:/// into sqlite:/
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(kept), parts.fragment))
 
 
 def resolve_tracking_uri(tracking_uri: str | None) -> str:

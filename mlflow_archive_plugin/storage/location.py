@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import urllib.parse
@@ -51,9 +52,19 @@ _ATOMIC_UPLOAD_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "me
 # read into a local temporary file (in blocks, never whole in memory) before it is opened.
 _READ_ONLY_PROTOCOLS = {"http", "https"}
 _SPOOLED_PROTOCOLS = _READ_ONLY_PROTOCOLS
-# Storage options whose values are secrets, matched by substring of the (lower-cased) key.
-_SECRET_WORDS = ("secret", "password", "passwd", "token", "key", "credential", "authorization",
-                 "signature")
+# Names whose values are secrets: storage options here, and the query (or fragment) parameters
+# that ``redact_uri`` removes from URIs (``X-Amz-Signature``, ``X-Amz-Credential``,
+# ``X-Amz-Security-Token``, an Azure SAS ``sig``, ``access_token``, ``apiKey`` ...). A name is
+# split into words (at case changes and at anything not a letter or digit) and is secret when
+# a word is one of these or ends in one of the last few; ``author`` or ``design`` are not.
+_SECRET_WORDS = frozenset({
+    "secret", "password", "passwd", "pass", "pwd", "token", "key", "credential", "credentials",
+    "auth", "authorization", "sig", "signature", "session", "jwt", "bearer", "cookie", "sas",
+    "passphrase",
+})
+_SECRET_ENDINGS = ("token", "key", "secret", "password", "passwd", "signature", "credential")
+# A URI inside free text (a tag, a description, a YAML scalar): a scheme, then a slash.
+_URI_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]{0,31}:/[^\s\"'<>`]*")
 # Credentials that SDKs read from the environment, masked in messages all the same.
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_KEY",
                      "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
@@ -454,6 +465,78 @@ def _mask_url(text: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
 
 
+def is_secret_name(name: str) -> bool:
+    """Whether a storage option or URI query parameter called ``name`` holds a secret (see
+    ``_SECRET_WORDS``; an Azure ``connection_string`` too, which holds the account key)."""
+    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name).lower())
+    if "connectionstring" in "".join(words):
+        return True
+    return any(word in _SECRET_WORDS or word.endswith(_SECRET_ENDINGS) for word in words if word)
+
+
+def redact_uri(uri: str | None) -> str | None:
+    """``uri`` without its user name and password and without secret-looking query or
+    fragment parameters (see ``_SECRET_WORDS``); the rest of it byte for byte, and ``uri``
+    itself when there is nothing to remove. The one redaction every URI an archive records
+    goes through (lineage, registry and run metadata, ``MLmodel``)."""
+    if not uri or ":" not in uri:
+        return uri
+    rest, hashed, fragment = uri.partition("#")
+    head, asked, query = rest.partition("?")
+    scheme_end = head.find("://")
+    if scheme_end > 0:
+        start = scheme_end + 3
+        authority = head[start:].split("/", 1)[0]
+        head = head[:start] + authority.rsplit("@", 1)[-1] + head[start + len(authority):]
+    kept_query, kept_fragment = _without_secrets(query), _without_secrets(fragment)
+    if (head, kept_query, kept_fragment) == (rest.partition("?")[0], query, fragment):
+        return uri  # nothing to remove: the URI exactly as given
+    return (head + (f"?{kept_query}" if asked and kept_query else "")
+            + (f"#{kept_fragment}" if hashed and kept_fragment else ""))
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URI in it (``scheme:/...`` up to white space or a quote) passed
+    through ``redact_uri``; ``text`` itself when none holds a secret."""
+    if ":/" not in text:
+        return text
+    return _URI_IN_TEXT.sub(lambda match: redact_uri(match.group(0)) or "", text)
+
+
+def secret_uris(text: str) -> list[str]:
+    """The URIs in ``text`` that ``redact_uri`` would change, as written there."""
+    if ":/" not in text:
+        return []
+    return [uri for uri in _URI_IN_TEXT.findall(text) if redact_uri(uri) != uri]
+
+
+def redact_data(value: Any) -> Any:
+    """``value`` (parsed JSON or YAML: dicts, lists, strings ...) with ``redact_text``
+    applied to every string value in it, keys left as they are."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {key: redact_data(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_data(item) for item in value]
+    return value
+
+
+def _without_secrets(params: str) -> str:
+    """``name=value&...`` without the pairs whose name is secret; the others as written."""
+    if "=" not in params:
+        return params
+    pieces = re.split(r"([&;])", params)
+    kept: list[str] = []
+    for piece in pieces[::2]:
+        name = urllib.parse.unquote_plus(piece.split("=", 1)[0])
+        if not is_secret_name(name):
+            kept.append(piece)
+    if len(kept) == len(pieces[::2]):
+        return params
+    return "&".join(kept)
+
+
 def _secrets(text: str, options: dict) -> tuple[str, ...]:
     found = set(_secret_values(options))
     with contextlib.suppress(ValueError):
@@ -468,5 +551,5 @@ def _secret_values(options: dict) -> Iterator[str]:
     for key, value in options.items():
         if isinstance(value, dict):
             yield from _secret_values(value)
-        elif isinstance(value, str) and any(word in str(key).lower() for word in _SECRET_WORDS):
+        elif isinstance(value, str) and is_secret_name(str(key)):
             yield value
