@@ -21,6 +21,7 @@ from mlflow_archive_plugin.errors import (
     UnsupportedError,
 )
 from mlflow_archive_plugin.formats import LAYOUTS, Entry, Layout, detect_layout, get_layout
+from mlflow_archive_plugin.formats.base import parse_metadata
 from mlflow_archive_plugin.plugins.flavor import save_archive_model, stored_archive
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 from mlflow_archive_plugin.storage.containers import CONTAINERS, get_container
@@ -589,7 +590,7 @@ def verify_archive(
                             "plugin can import")
         else:
             try:
-                snapshot = Snapshot.from_json(raw, root)
+                snapshot = parse_metadata(raw, root)
             except CorruptArchiveError as exc:
                 problems.append(f"{METADATA_NAME}: {exc}")
             else:
@@ -641,4 +642,4 @@ def _signature_state(root: Path, scanned: Scanned, key: str | os.PathLike | None
 def _parse_metadata(raw: bytes | None) -> dict[str, Any] | None:
     if raw is None:
         return None
-    return Snapshot.from_json(raw, Path(".")).to_document()
+    return parse_metadata(raw, Path(".")).to_document()

@@ -548,7 +548,6 @@ UNBOUNDED = {
     # after storage.pipeline.read_snapshot, whose layout has just parsed the same file of the
     # same extraction within the limits (MLmodel, hooks, predict.py, manifests).
     ("plugins/pyfunc.py", "_defines"): "hooks/*.py and predict.py, parsed by the layout",
-    ("plugins/pyfunc.py", "read_mlmodel"): "MLmodel files, parsed by the layout",
     ("plugins/flavor.py", "_read_consumer_manifest"): "manifests, parsed by the layout",
 }
 # Files copied into archives and run where this package is not installed.
@@ -617,3 +616,28 @@ def test_copied_files_never_import_the_package():
             names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not [n for n in names if n.startswith("mlflow_archive_plugin")], path
+
+
+def test_the_entry_points_read_an_inner_mlmodel_within_the_limits(tmp_path):
+    """The flavor reads the MLmodel of a model inside an archive (a foreign .mar's) through
+    the MLflow side's bounded reader: a billion laughs is refused, a plain one read."""
+    from mlflow_archive_plugin.plugins.pyfunc import read_mlmodel
+
+    hostile = tmp_path / "MLmodel"
+    hostile.write_bytes(billion_laughs(MLMODEL_HEAD))
+    with pytest.raises(UnsafeArchiveError, match=LAUGHS_RULE):
+        read_mlmodel(hostile)
+    plain = tmp_path / "plain" / "MLmodel"
+    plain.parent.mkdir()
+    plain.write_bytes(MLMODEL_HEAD.encode())
+    assert read_mlmodel(plain)["flavors"] == {"python_function": {"loader_module": "demo"}}
+    plain.write_bytes(b"- not\n- a mapping\n")
+    assert read_mlmodel(plain) == {}
+
+
+def test_verify_and_inspect_parse_the_metadata_within_the_depth_limit(sandbox, written):
+    """Not at Python's own recursion limit: the same 100 levels as import."""
+    path = CASES[CASE_IDS.index("metadata-deep-json")].build(sandbox, written)
+    for call in (verify_archive, inspect_archive):
+        with pytest.raises(UnsafeArchiveError, match=f"deeper than {parsing.MAX_DEPTH} levels"):
+            call(path)

@@ -31,7 +31,13 @@ class Entry:
 def read_metadata(root: Path) -> Snapshot:
     """``mlflow-archive.json`` at ``root`` as a Snapshot, parsed within the limits of
     :func:`~mlflow_archive_plugin.trust.parsing.load_json` (its size and nesting bounded)."""
-    return Snapshot.from_json((root / METADATA_NAME).read_bytes(), root, load=_load_metadata)
+    return parse_metadata((root / METADATA_NAME).read_bytes(), root)
+
+
+def parse_metadata(raw: bytes, root: Path) -> Snapshot:
+    """The bytes of ``mlflow-archive.json`` as a Snapshot of the files at ``root``, parsed
+    within the limits of :func:`~mlflow_archive_plugin.trust.parsing.load_json`."""
+    return Snapshot.from_json(raw, root, load=_load_metadata)
 
 
 def _load_metadata(data: bytes) -> Any:

@@ -31,7 +31,7 @@ from mlflow_archive_plugin.snapshot import (
     RegisteredModelInfo,
     Snapshot,
 )
-from mlflow_archive_plugin.trust.parsing import load_yaml
+from mlflow_archive_plugin.trust.parsing import load_mlmodel, load_yaml
 
 MODEL_YAML = "model.yaml"
 MLFLOW_MODULE = "bentoml.mlflow"
@@ -258,10 +258,7 @@ def _label_tag_key(label: str) -> str:
 
 
 def _read_mlmodel(path: Path) -> dict[str, Any]:
-    data = load_yaml(path.read_bytes(), what=f"{MODEL_DIR}/MLmodel")
-    if not isinstance(data, dict):
-        raise CorruptArchiveError(f"{MODEL_DIR}/MLmodel is not a YAML mapping")
-    return data
+    return load_mlmodel(path.read_bytes(), what=f"{MODEL_DIR}/MLmodel")
 
 
 def read_model_yaml(path: Path) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from mlflow_archive_plugin.snapshot import (
     Snapshot,
 )
 from mlflow_archive_plugin.trust import crypto
-from mlflow_archive_plugin.trust.parsing import load_json, load_yaml, parse_python
+from mlflow_archive_plugin.trust.parsing import load_json, load_mlmodel, parse_python
 
 MANIFEST_NAME = "manifest.json"
 MODELS_DIR = "models"
@@ -651,10 +651,7 @@ def _pair(entries: list[dict[str, Any]], folders: list[str]) -> list[tuple[dict,
 
 
 def _read_mlmodel(path: Path, where: str) -> dict[str, Any]:
-    data = load_yaml(path.read_bytes(), what=f"{where}/MLmodel")
-    if not isinstance(data, dict):
-        raise CorruptArchiveError(f"{where}/MLmodel is not a YAML mapping")
-    return data
+    return load_mlmodel(path.read_bytes(), what=f"{where}/MLmodel")
 
 
 def _assign_paths(snapshot: Snapshot) -> None:

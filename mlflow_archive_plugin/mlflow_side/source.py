@@ -19,7 +19,6 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_archive_plugin.errors import (
     ArchiveError,
-    CorruptArchiveError,
     ModelNotFoundError,
     UnsafeArchiveError,
 )
@@ -42,7 +41,7 @@ from mlflow_archive_plugin.snapshot import (
     Snapshot,
 )
 from mlflow_archive_plugin.storage.location import redact_data, redact_uri, secret_uris
-from mlflow_archive_plugin.trust.parsing import load_yaml
+from mlflow_archive_plugin.trust.parsing import load_mlmodel, load_yaml
 
 _LOGGED_MODEL = re.compile(r"^models:/(m-[0-9a-f]+)/?$")
 _BY_ALIAS = re.compile(r"^models:/([^/@]+)@([^/]+)/?$")
@@ -511,10 +510,15 @@ def _dump_yaml(data) -> bytes:
 
 
 def _parse_mlmodel(raw: bytes) -> dict:
-    data = load_yaml(raw, what="the model's MLmodel")
-    if not isinstance(data, dict):
-        raise CorruptArchiveError("the model's MLmodel file is not a YAML mapping")
-    return data
+    return load_mlmodel(raw, what="the model's MLmodel")
+
+
+def read_mlmodel_file(path: Path, what: str = "MLmodel") -> dict:
+    """The ``MLmodel`` file at ``path`` as a mapping, parsed within the bounded loader's
+    limits (:class:`UnsafeArchiveError` past them, :class:`CorruptArchiveError` when it is
+    not a YAML mapping); for the entry points, which do not parse archive documents
+    themselves."""
+    return load_mlmodel(path.read_bytes(), what=what)
 
 
 def _redacted(info):

@@ -30,9 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mlflow_archive_plugin.errors import ArchiveError, IntegrityError, UnsupportedError
+from mlflow_archive_plugin.errors import (
+    ArchiveError,
+    CorruptArchiveError,
+    IntegrityError,
+    UnsupportedError,
+)
 from mlflow_archive_plugin.snapshot import Snapshot
 
 PREDICTORS = ("model", "hooks", "predict.py")
@@ -164,12 +167,15 @@ def _unavailable_reason(layout: str, manifest: Any, found: dict[str, str | None]
 
 
 def read_mlmodel(path: Path) -> dict[str, Any]:
-    """An MLmodel file as a dict (empty if it is not a YAML mapping)."""
+    """An MLmodel file as a dict (empty if it cannot be read or is not a YAML mapping), parsed
+    within the bounded loader's limits: one past them (a billion laughs, deep nesting) is
+    refused with :class:`UnsafeArchiveError`, never parsed."""
+    from mlflow_archive_plugin.mlflow_side.source import read_mlmodel_file
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return read_mlmodel_file(path, what=path.name)
+    except (OSError, CorruptArchiveError):
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def mlsteam_signature(manifest: Any) -> Any:

@@ -93,6 +93,16 @@ def load_yaml(
         raise _damaged(what, "YAML", _yaml_problem(exc)) from None
 
 
+
+def load_mlmodel(data: bytes | str, *, what: str) -> dict[str, Any]:
+    """An ``MLmodel`` document parsed by :func:`load_yaml` (its limits), which must be a
+    mapping: :class:`CorruptArchiveError` when it is not."""
+    document = load_yaml(data, what=what)
+    if not isinstance(document, dict):
+        raise CorruptArchiveError(f"{what} is not a YAML mapping")
+    return document
+
+
 def parse_python(
     source: bytes | str,
     *,
