@@ -44,6 +44,7 @@ from mlflow_archive_plugin.storage.pipeline import (
     Scanned,
     archive_digest,
     metadata_problems,
+    pick_container,
     read_snapshot,
     scan_archive,
     write_archive,
@@ -216,15 +217,8 @@ def export_model(
     raw_dest = os.fspath(dest) if dest is not None else os.getcwd() + os.sep
     location = resolve(raw_dest, storage_options)
     into_folder = is_folder_target(location, raw_dest)
-    chosen = get_container(
-        container or layout.default_container if into_folder
-        else _container_for(location.path, container, layout)
-    )
-    if chosen.name not in layout.containers:
-        raise UnsupportedError(
-            f"format {layout.name!r} cannot use container {chosen.name!r}; "
-            f"choose one of: {', '.join(layout.containers)}"
-        )
+    chosen = pick_container(
+        layout, container if into_folder else _container_for(location.path, container, layout))
     if not into_folder:
         refuse_existing(location, force)  # before any download, not after
     from mlflow_archive_plugin.mlflow_side.served import fetch_deferred

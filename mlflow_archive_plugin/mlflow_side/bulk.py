@@ -50,8 +50,8 @@ from mlflow_archive_plugin.errors import (
 )
 from mlflow_archive_plugin.formats import get_layout
 from mlflow_archive_plugin.progress import enabled
-from mlflow_archive_plugin.storage.containers import get_container
 from mlflow_archive_plugin.storage.location import Location, publish_file, remote_errors, resolve
+from mlflow_archive_plugin.storage.pipeline import pick_container
 from mlflow_archive_plugin.trust.parsing import load_json
 
 INDEX_NAME = "registry-index.json"
@@ -193,10 +193,7 @@ def export_registry(
     started = time.monotonic()
     count = _worker_count(workers)
     layout = get_layout(format)
-    chosen = get_container(container or layout.default_container)
-    if chosen.name not in layout.containers:
-        raise UnsupportedError(f"format {layout.name!r} cannot use container {chosen.name!r}; "
-                               f"choose one of: {', '.join(layout.containers)}")
+    chosen = pick_container(layout, container)
     raw_dest = os.fspath(dest)
     root = _export_folder(raw_dest, storage_options, chosen.name)
     uri = resolve_tracking_uri(tracking_uri)
@@ -419,7 +416,7 @@ def archive_file_name(name: str, version: str, format: str = "mlflow",
     ``a/b`` and ``a_b`` get different files.
     """
     layout = get_layout(format)
-    chosen = get_container(container or layout.default_container)
+    chosen = pick_container(layout, container)
     stem = _UNSAFE_FILE_CHARS.sub("_", name).strip("._") or "model"
     if stem != name:
         stem += "-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]

@@ -23,22 +23,13 @@ from mlflow_archive_plugin.errors import (
     EncryptionError,
     IntegrityError,
 )
-from mlflow_archive_plugin.storage.containers import CONTAINERS
 from mlflow_archive_plugin.storage.location import Location, fetched, resolve
 from mlflow_archive_plugin.storage.pipeline import (
+    ARCHIVE_EXTENSIONS,
     metadata_problems,
     read_snapshot,
     scan_archive,
 )
-
-# File names that mark an archive rather than a plain file or folder: each container's own
-# extension plus the names the layouts give (.mar, .bentomodel, .mlarchive) and the aliases
-# people use (.tgz, .xz for a BentoML export).
-ARCHIVE_EXTENSIONS: tuple[str, ...] = tuple(sorted(
-    {c.extension for c in CONTAINERS.values() if c.extension}
-    | {".tgz", ".mar", ".bentomodel", ".mlarchive", ".xz", ".tar.zst"},
-    key=len, reverse=True,
-))
 
 
 def is_archive_name(path: str | os.PathLike) -> bool:
@@ -46,7 +37,6 @@ def is_archive_name(path: str | os.PathLike) -> bool:
     alone: cheap enough to decide, for every path MLflow asks about, whether to open it."""
     name = os.fspath(path).rstrip("/").rsplit("/", 1)[-1].lower()
     return any(name.endswith(ext) and len(name) > len(ext) for ext in ARCHIVE_EXTENSIONS)
-
 
 def materialize(url: str | os.PathLike | Location, dst: str | os.PathLike, *,
                 storage_options: dict | None = None) -> Path:
@@ -81,7 +71,6 @@ def materialize(url: str | os.PathLike | Location, dst: str | os.PathLike, *,
         shutil.rmtree(building, ignore_errors=True)
     return target
 
-
 def _build(location: Location, into: Path) -> None:
     """Extract and verify the (local) archive, then write the model at ``into``."""
     with tempfile.TemporaryDirectory(prefix="mlflow-archive-materialize-") as scratch:
@@ -109,7 +98,6 @@ def _build(location: Location, into: Path) -> None:
             shutil.move(snapshot.model_dir, into)
             return
         _save_flavor_model(location, into)
-
 
 def _save_flavor_model(location: Location, into: Path) -> None:
     """An ``mlflow_archive`` flavor model holding the (local, already verified) archive; the

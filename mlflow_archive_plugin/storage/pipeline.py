@@ -25,7 +25,12 @@ from mlflow_archive_plugin.errors import (
 )
 from mlflow_archive_plugin.formats import Entry, Layout, detect_layout
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
-from mlflow_archive_plugin.storage.containers import Container, open_reader
+from mlflow_archive_plugin.storage.containers import (
+    CONTAINERS,
+    Container,
+    get_container,
+    open_reader,
+)
 from mlflow_archive_plugin.storage.containers.base import collision_key, safe_entry_name
 from mlflow_archive_plugin.storage.extents import Extent, make_placeholder, stays_in_place
 from mlflow_archive_plugin.storage.integrity import (
@@ -168,6 +173,27 @@ class _Budget:
 
 def _refuse(name: str, reason: str) -> None:
     raise UnsafeArchiveError(f"refused archive entry {name!r}: {reason}")
+
+
+
+def pick_container(layout: Layout, name: str | None) -> Container:
+    """The container ``name`` (an alias such as ``tgz`` too; the layout's own when None) for an
+    archive of ``layout``, refused in one line when the layout cannot be packed in it."""
+    chosen = get_container(name or layout.default_container)
+    if chosen.name not in layout.containers:
+        raise UnsupportedError(f"format {layout.name!r} cannot use container {chosen.name!r}; "
+                               f"choose one of: {', '.join(layout.containers)}")
+    return chosen
+
+
+# File names that mark an archive rather than a plain file or folder: each container's own
+# extension plus the names the layouts give (.mar, .bentomodel, .mlarchive) and the aliases
+# people use (.tgz, .xz for a BentoML export), longest first.
+ARCHIVE_EXTENSIONS: tuple[str, ...] = tuple(sorted(
+    {c.extension for c in CONTAINERS.values() if c.extension}
+    | {".tgz", ".mar", ".bentomodel", ".mlarchive", ".xz", ".tar.zst"},
+    key=len, reverse=True,
+))
 
 
 def write_archive(
