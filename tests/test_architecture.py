@@ -161,12 +161,6 @@ KNOWN_BREAKS = {
     ("plugins.deployment", "formats"),
     ("plugins.deployment", "storage.containers"),
     ("plugins.deployment", "storage.location"),
-    ("plugins.flavor", "storage.integrity"),
-    ("plugins.flavor", "storage.location"),
-    ("plugins.flavor", "storage.pipeline"),
-    ("plugins.pyfunc", "storage.integrity"),
-    ("plugins.pyfunc", "storage.location"),
-    ("plugins.pyfunc", "storage.pipeline"),
 }
 
 

@@ -21,15 +21,10 @@ from mlflow_archive_plugin.errors import (
     ArchiveError,
     CorruptArchiveError,
     EncryptionError,
-    IntegrityError,
 )
+from mlflow_archive_plugin.mlflow_side.archives import open_verified
 from mlflow_archive_plugin.storage.location import Location, fetched, resolve
-from mlflow_archive_plugin.storage.pipeline import (
-    ARCHIVE_EXTENSIONS,
-    metadata_problems,
-    read_snapshot,
-    scan_archive,
-)
+from mlflow_archive_plugin.storage.pipeline import ARCHIVE_EXTENSIONS
 
 
 def is_archive_name(path: str | os.PathLike) -> bool:
@@ -37,6 +32,7 @@ def is_archive_name(path: str | os.PathLike) -> bool:
     alone: cheap enough to decide, for every path MLflow asks about, whether to open it."""
     name = os.fspath(path).rstrip("/").rsplit("/", 1)[-1].lower()
     return any(name.endswith(ext) and len(name) > len(ext) for ext in ARCHIVE_EXTENSIONS)
+
 
 def materialize(url: str | os.PathLike | Location, dst: str | os.PathLike, *,
                 storage_options: dict | None = None) -> Path:
@@ -71,21 +67,13 @@ def materialize(url: str | os.PathLike | Location, dst: str | os.PathLike, *,
         shutil.rmtree(building, ignore_errors=True)
     return target
 
+
 def _build(location: Location, into: Path) -> None:
     """Extract and verify the (local) archive, then write the model at ``into``."""
     with tempfile.TemporaryDirectory(prefix="mlflow-archive-materialize-") as scratch:
         root = Path(scratch, "archive")
         root.mkdir()
-        scanned = scan_archive(location, extract_to=root, show_progress=False)
-        try:
-            snapshot = read_snapshot(root, scanned)
-        except IntegrityError as exc:
-            raise IntegrityError(f"{location.url}: {exc}", exc.problems) from exc
-        problems = metadata_problems(snapshot, scanned)
-        if problems:
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise IntegrityError(f"{location.url} failed verification: {problems[0]}{more}",
-                                 problems)
+        snapshot = open_verified(location, root, name=location.url).snapshot
         if snapshot.encryption is not None:
             raise EncryptionError(
                 f"{location.url} holds encrypted model files, which MLflow cannot load; "
@@ -98,6 +86,7 @@ def _build(location: Location, into: Path) -> None:
             shutil.move(snapshot.model_dir, into)
             return
         _save_flavor_model(location, into)
+
 
 def _save_flavor_model(location: Location, into: Path) -> None:
     """An ``mlflow_archive`` flavor model holding the (local, already verified) archive; the

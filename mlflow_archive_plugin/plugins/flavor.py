@@ -37,12 +37,16 @@ from typing import Any
 from mlflow_archive_plugin.errors import (
     ArchiveError,
     DestinationExistsError,
-    IntegrityError,
-    SourceNotFoundError,
-    UnsupportedError,
 )
-from mlflow_archive_plugin.plugins.pyfunc import extract_verified as extract_verified
-from mlflow_archive_plugin.storage.location import Location, remote_errors, resolve
+from mlflow_archive_plugin.mlflow_side.archives import (
+    Location,
+    archive_location,
+    archive_members,
+    copy_archive,
+    file_identity,
+    open_verified,
+)
+from mlflow_archive_plugin.mlflow_side.archives import extract_verified as extract_verified
 
 FLAVOR_NAME = "mlflow_archive"
 ARCHIVE_DIR = "archive"
@@ -93,7 +97,7 @@ def save_archive_model(
     else:
         stored = f"{ARCHIVE_DIR}/{name}"
         (path / ARCHIVE_DIR).mkdir()
-        location.fs.get_file(location.path, str(path / stored))
+        copy_archive(location, path / stored)
     choice = choose(files, layout, None, manifest=manifest)
     model = Model()
     model.add_flavor(
@@ -157,29 +161,19 @@ def _prepared(archive: str | os.PathLike, storage_options: dict | None,
     """The archive at ``archive`` copied, extracted and verified in a scratch folder, removed
     afterwards; a damaged or unknown archive is a one-line :class:`ArchiveError`."""
     from mlflow_archive_plugin.plugins.pyfunc import choose
-    from mlflow_archive_plugin.snapshot import METADATA_NAME
-    from mlflow_archive_plugin.storage.pipeline import (
-        archive_digest,
-        metadata_problems,
-        read_snapshot,
-        scan_archive,
-    )
 
-    location = resolve(archive, storage_options)
+    location = archive_location(archive, storage_options)
     name = posixpath.basename(location.path.rstrip("/")) or "archive"
     scratch = Path(tempfile.mkdtemp(prefix="mlflow-archive-flavor-"))
     try:
         copy = scratch / ARCHIVE_DIR / name
         copy.parent.mkdir()
-        _copy_archive(location, copy)
+        copy_archive(location, copy)
         root = scratch / "extracted"
         root.mkdir()
         try:
-            scanned = scan_archive(resolve(copy), extract_to=root)
-            snapshot = read_snapshot(root, scanned)
-            problems = metadata_problems(snapshot, scanned)
-            if problems:
-                raise IntegrityError(f"archive failed verification: {problems[0]}", problems)
+            opened = open_verified(copy, root)
+            snapshot = opened.snapshot
             choice = choose(root, snapshot.layout, snapshot, predict_with)
         except ArchiveError as exc:
             raise _refused(exc, location.url) from exc
@@ -188,13 +182,13 @@ def _prepared(archive: str | os.PathLike, storage_options: dict | None,
             scratch=scratch,
             copy=copy,
             root=root,
-            container=scanned.container,
+            container=opened.container,
             layout=snapshot.layout,
-            digest=archive_digest(scanned),
-            members=sorted(scanned.records),
+            digest=opened.digest,
+            members=opened.members,
             snapshot=snapshot,
             choice=choice,
-            has_document=METADATA_NAME in scanned.records,
+            has_document=opened.has_document,
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -205,26 +199,6 @@ def _refused(exc: ArchiveError, url: str) -> ArchiveError:
     refused = type(exc)(f"{url} cannot be saved as a model: {exc}")
     refused.__dict__.update(exc.__dict__)
     return refused
-
-
-def _copy_archive(location: Location, target: Path) -> None:
-    """Copy the archive file (or a local folder archive, file for file) to ``target``."""
-    if location.is_local:
-        if not os.path.exists(location.path):
-            raise SourceNotFoundError(f"{location.url} does not exist; check the path or URL")
-        if os.path.isdir(location.path):
-            # Links are copied as links, so the reader sees them and refuses them.
-            shutil.copytree(location.path, target, symlinks=True)
-        else:
-            shutil.copyfile(location.path, target)
-        return
-    with remote_errors(location, "read"):
-        if not location.fs.exists(location.path):
-            raise SourceNotFoundError(f"{location.url} does not exist; check the path or URL")
-        if location.fs.isdir(location.path):
-            raise UnsupportedError(f"{location.url} is a remote folder; download it or pack it "
-                                   "as a zip first")
-        location.fs.get_file(location.path, str(target))
 
 
 # --------------------------------------------------------------------------- save and log
@@ -390,7 +364,7 @@ def _write_model(prepared: _Prepared, path: Path, *, mlflow_model: Any, signatur
         "plugin_version": __version__,
     }
     if stored.is_file():
-        entry.update(_file_identity(stored))
+        entry.update(file_identity(stored))
     if choice.inner is not None:
         entry["model_path"] = choice.inner
     if prepared.has_document:
@@ -526,14 +500,6 @@ def _copy_input_example(inner: Path, path: Path, mlflow_model: Any) -> None:
     mlflow_model.saved_input_example_info = dict(info)
 
 
-def _file_identity(stored: Path) -> dict[str, Any]:
-    from mlflow_archive_plugin.storage.integrity import hash_stream
-
-    with stored.open("rb") as handle:
-        size, sha256 = hash_stream(handle)
-    return {"size": size, "sha256": sha256}
-
-
 def _read_consumer_manifest(root: Path, layout: str) -> Any:
     name = _CONSUMER_MANIFESTS.get(layout)
     if name is None or not (root / name).is_file():
@@ -632,9 +598,7 @@ class ArchiveModel:
         members = self.flavor.get("members")
         if isinstance(members, list):
             return [str(member) for member in members]
-        from mlflow_archive_plugin.storage.pipeline import scan_archive
-
-        return sorted(scan_archive(resolve(self.archive_path)).records)
+        return archive_members(self.archive_path)
 
     @property
     def predict_with(self) -> str | None:

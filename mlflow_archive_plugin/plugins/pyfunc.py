@@ -33,7 +33,6 @@ from typing import Any
 from mlflow_archive_plugin.errors import (
     ArchiveError,
     CorruptArchiveError,
-    IntegrityError,
     UnsupportedError,
 )
 from mlflow_archive_plugin.snapshot import Snapshot
@@ -232,6 +231,8 @@ def load(model_dir: Path, flavor: dict[str, Any], stored: Path,
         raise MlflowException(str(flavor.get("pyfunc_unavailable")
                                   or "the archive model records no way to predict"),
                               INVALID_STATE)
+    from mlflow_archive_plugin.mlflow_side.archives import extract_verified
+
     scratch = Path(tempfile.mkdtemp(prefix="mlflow-archive-pyfunc-"))
     try:
         extract_verified(stored, str(flavor.get("digest") or ""), scratch)
@@ -389,23 +390,3 @@ def _as_output(predictions: Any) -> Any:
     return predictions
 
 
-def extract_verified(stored: Path, digest: str, into: Path) -> None:
-    """Extract the stored archive into the empty folder ``into`` through the plugin's reader,
-    refusing it unless every file matches its ``checksum.txt`` and the content digest is the
-    one recorded when it was saved. On failure ``into`` may hold files; the caller removes
-    them."""
-    from mlflow_archive_plugin.storage.integrity import CHECKSUM_NAME
-    from mlflow_archive_plugin.storage.location import resolve
-    from mlflow_archive_plugin.storage.pipeline import archive_digest, scan_archive
-
-    scanned = scan_archive(resolve(stored), extract_to=into)
-    problems = (scanned.integrity_problems() if CHECKSUM_NAME in scanned.records
-                else list(scanned.problems))
-    found = archive_digest(scanned)
-    if digest and found != digest:
-        problems.append(f"{stored.name}: its content digest is {found}, not {digest} as when "
-                        "it was saved, so it was altered")
-    if problems:
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise IntegrityError(f"the stored archive failed verification: {problems[0]}{more}; "
-                             "log the model again from a good copy", problems)
