@@ -509,3 +509,29 @@ def test_packing_a_model_never_removes_a_shadowed_file_through_a_link(artifacts,
     assert (artifacts.store / "run" / "m" / PACKED).is_file()
     assert tree(artifacts.outside) == outside
     assert (artifacts.outside / "victim" / "model.pkl").read_text() == "not the store's"
+
+
+def test_an_object_store_key_named_dot_dot_is_neither_listed_nor_followed(tmp_path):
+    """Object stores take any key: ``run/../escape.txt`` lists under ``run`` as a folder
+    named ``..``. The store leaves it out, so downloading the store never reaches past it."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"/{unique('records')}"
+    fs.pipe(f"{root}/store/run/kept.txt", b"the store's")
+    fs.pipe(f"{root}/store/run/../escape.txt", b"not the store's")
+    assert f"{root}/store/run/.." in fs.ls(f"{root}/store/run", detail=False)
+    try:
+        repo = get_artifact_repository(f"archive+memory://{root}/store")
+        received = tmp_path / "received"
+        received.mkdir()
+
+        listed = [info.path for info in repo.list_artifacts("run")]
+        whole = Path(repo.download_artifacts("", str(received)))
+
+        assert listed == ["run/kept.txt"]
+        assert sorted(p.relative_to(whole).as_posix() for p in whole.rglob("*")) == [
+            "run", "run/kept.txt"]
+        assert "Invalid path" in one_line(repo.download_artifacts, "run/../escape.txt")
+    finally:
+        fs.rm(root, recursive=True)
