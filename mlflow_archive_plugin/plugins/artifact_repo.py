@@ -148,10 +148,10 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
         name = os.path.basename(local_file)
         _check_file_name(name)
         relative = _join(folder, name)
+        self._contain(relative)
         with _mlflow_errors():
             self._refuse_inside_archive(folder, "add a file to")
             if self._artifact_dir is not None:
-                self._contain(relative)
                 with contextlib.suppress(OSError):
                     if os.path.samefile(local_file, self._full(relative)):
                         return  # the file is already where it would be logged
@@ -167,6 +167,7 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
         name = os.path.basename(str(artifact_file_name).replace("\\", "/"))
         _check_file_name(name)
         relative = _join(folder, name)
+        self._contain(relative)
         with _mlflow_errors(os_errors=False):
             self._refuse_inside_archive(folder, "add a file to")
             self._put_stream(stream, relative, _set_default_mode)
@@ -190,6 +191,7 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
         in it (a folder holding ``MLmodel``) as one archive object, other files as they are."""
         local = Path(local_dir)
         relative = _write_path(artifact_path)
+        self._contain(relative)
         with _mlflow_errors():
             if not local.is_dir():
                 raise ArchiveError(f"{local_dir} is not a folder; log a folder of files")
@@ -200,11 +202,9 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
                 return
             if relative and is_archive_name(relative):
                 self._refuse_inside_archive(posixpath.dirname(relative), "add files to")
-                self._contain(relative)
                 self._write_archive(local, self._at(self._full(relative)))
                 return
             self._refuse_inside_archive(relative, "add files to")
-            self._contain(relative)
             self._store_folder(local, relative)
 
     def list_artifacts(self, path: str | None = None) -> list[FileInfo]:
