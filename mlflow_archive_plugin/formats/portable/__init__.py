@@ -47,7 +47,7 @@ SERVING_KEYS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 # How long ``verify --run`` lets predict.py take on the example, loading the model included.
 RUN_TIMEOUT_SECONDS = 600
 
-_PREDICT_SOURCE = Path(__file__).resolve().parent / "portable_predict.py"
+_PREDICT_SOURCE = Path(__file__).resolve().parent.parent / "portable_predict.py"
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 # Options that pull other files into a requirements file or install from a source tree:
 # nothing a pinned, self-contained requirements.txt can hold.
