@@ -535,3 +535,46 @@ def test_an_object_store_key_named_dot_dot_is_neither_listed_nor_followed(tmp_pa
         assert "Invalid path" in one_line(repo.download_artifacts, "run/../escape.txt")
     finally:
         fs.rm(root, recursive=True)
+
+
+def test_a_folder_download_takes_nothing_through_a_link_out_of_that_folder(artifacts,
+                                                                          tmp_path):
+    """MLflow roots a repository at the parent of a URI's last name (``mlflow artifacts
+    download --artifact-uri <store>`` asks the store's parent for ``store``), so the store's
+    own boundary is the folder being downloaded: a link below it leading out of it (here to
+    the store's neighbour, inside that parent) is not followed; one staying inside is."""
+    artifacts.link("run/leak", artifacts.outside / "victim")
+    (artifacts.store / "run" / "real").mkdir(parents=True)
+    (artifacts.store / "run" / "real" / "kept.txt").write_text("the store's")
+    artifacts.link("run/alias", artifacts.store / "run" / "real")
+    before = tree(artifacts.root)
+    parent = get_artifact_repository(f"archive+file://{artifacts.root}")
+    received = tmp_path / "received"
+    received.mkdir()
+
+    copied = Path(parent.download_artifacts("store", str(received)))
+    direct = Path(parent.download_artifacts("store"))
+
+    assert sorted(p.relative_to(copied).as_posix() for p in copied.rglob("*")) == [
+        "run", "run/alias", "run/alias/kept.txt", "run/real", "run/real/kept.txt"]
+    assert not (direct / "run" / "leak" / "precious.txt").exists()
+    assert (direct / "run" / "alias" / "kept.txt").read_text() == "the store's"
+    assert tree(artifacts.root) == before
+
+
+def test_mlflow_artifacts_download_of_a_store_takes_nothing_through_a_planted_link(
+        artifacts, tmp_path):
+    artifacts.link("run/leak", artifacts.outside / "victim")
+    (artifacts.store / "run" / "kept.txt").write_text("the store's")
+    before = tree(artifacts.root)
+    received = tmp_path / "received"
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "artifacts", "download", "--artifact-uri",
+         f"archive+file://{artifacts.store}", "--dst-path", str(received)],
+        cwd=str(tmp_path), env=child_env(), capture_output=True, text=True, timeout=180)
+
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.relative_to(received).as_posix() for p in received.rglob("*")) == [
+        "store", "store/run", "store/run/kept.txt"]
+    assert tree(artifacts.root) == before

@@ -126,6 +126,8 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
         # Packed models read so far: (archive path, its fsspec ukey) -> extracted model folder.
         self._models: dict[tuple[str, str], Path | None] = {}
         self._lock = threading.RLock()
+        # The folder a download in this thread reads (links below it stay inside it).
+        self._scope = threading.local()
         self._scratch: Path | None = None
         # Where the root sits inside an archive: the archive's location and the path within.
         self._archive: tuple[Location, str] | None = self._archive_of_root()
@@ -229,17 +231,30 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
 
     def download_artifacts(self, artifact_path: str | None, dst_path: str | None = None) -> str:
         """MLflow's download; without ``dst_path``, a plain file or folder of a local store is
-        returned where it is (as MLflow's local repository does), not copied."""
+        returned where it is (as MLflow's local repository does), not copied.
+
+        A folder of a local store downloads with what is in that folder only: a link below
+        it is followed when it stays inside the folder. MLflow roots a repository at the
+        parent of a URI's last name (``mlflow artifacts download --artifact-uri <store>``
+        asks the store's parent for ``<store>``), so this keeps a download of a store, or of
+        a model's folder, from taking in files beside it through a planted link."""
         relative = _read_path(artifact_path)
         self._contain(relative)
-        if not dst_path and self._artifact_dir is not None:
-            with _mlflow_errors():
-                direct = self._direct_local(relative)
-            if direct is not None:
-                return direct
-            if relative and not self._found_anywhere(relative):
-                raise self._no_such_artifact(relative)
-        return super().download_artifacts(artifact_path, dst_path)
+        outer = getattr(self._scope, "folder", None)
+        if outer is None and self._artifact_dir is not None and os.path.isdir(
+                self._full(relative)):
+            self._scope.folder = relative
+        try:
+            if not dst_path and self._artifact_dir is not None:
+                with _mlflow_errors():
+                    direct = self._direct_local(relative)
+                if direct is not None:
+                    return direct
+                if relative and not self._found_anywhere(relative):
+                    raise self._no_such_artifact(relative)
+            return super().download_artifacts(artifact_path, dst_path)
+        finally:
+            self._scope.folder = outer
 
     def _download_file(self, remote_file_path: str, local_path: str) -> None:
         relative = _read_path(remote_file_path)
@@ -327,10 +342,19 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
             return False
         return True
 
+    def _inside_folder(self, relative: str, folder: str | None) -> bool:
+        """Whether ``relative`` resolves inside the store and, given ``folder``, inside it."""
+        if not self._inside_store(relative):
+            return False
+        if not folder:
+            return True
+        return Path(self._full(relative)).resolve().is_relative_to(
+            Path(self._full(folder)).resolve())
+
     def _direct_local(self, relative: str) -> str | None:
         """The local path of ``relative`` when reading it there gives exactly what the store
         holds: a plain file, or a folder with no packed model in, above or below it and no
-        link below it that leads out of the store. None otherwise."""
+        link below it that leads out of that folder. None otherwise."""
         if self._inside_archive(relative) is not None:
             return None  # an archive read as the model inside it, or a path in one
         full = os.path.abspath(self._full(relative))
@@ -349,8 +373,9 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
                 return None
             for entry in (*folders, *files):
                 path = os.path.join(top, entry)
-                if os.path.islink(path) and not self._inside_store(
-                        os.path.relpath(path, self._artifact_dir).replace(os.sep, "/")):
+                if os.path.islink(path) and not self._inside_folder(
+                        os.path.relpath(path, self._artifact_dir).replace(os.sep, "/"),
+                        relative):
                     return None
         return full
 
@@ -504,7 +529,7 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
 
     def _local_entries(self, relative: str) -> Iterator[tuple[str, bool, int | None]]:
         """(name, is folder, size) of what a local store's folder holds; a link that leads
-        out of the store is left out, unread."""
+        out of the store, or out of the folder being downloaded, is left out, unread."""
         try:
             scanner = os.scandir(self._full(relative))
         except (FileNotFoundError, NotADirectoryError):
@@ -513,9 +538,10 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
             for entry in sorted(scanner, key=lambda e: e.name):
                 if _hidden(entry.name):
                     continue
-                if entry.is_symlink() and not self._inside_store(_join(relative, entry.name)):
+                if entry.is_symlink() and not self._inside_folder(
+                        _join(relative, entry.name), getattr(self._scope, "folder", None)):
                     _logger.warning("not listing %s: it is a symbolic link that leads out of "
-                                    "the store", self._describe(_join(relative, entry.name)))
+                                    "what is read", self._describe(_join(relative, entry.name)))
                     continue
                 try:
                     is_dir = entry.is_dir()
