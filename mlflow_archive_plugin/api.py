@@ -292,6 +292,7 @@ def import_archive(
     verify_key: str | os.PathLike | None = None,
     scan: str = "warn",
     encryption_key: bytes | None = None,
+    tmp_dir: str | os.PathLike | None = None,
 ) -> ImportResult:
     """Register the model in the archive at ``source`` as a new model version (each model
     as its own version, for an archive of several).
@@ -308,6 +309,11 @@ def import_archive(
     raises :class:`~mlflow_archive_plugin.errors.VersionExistsError`. ``limits`` bounds what
     reading may produce (see :class:`ReadLimits`). An encrypted MLSteam package needs its
     ``encryption_key``; every file is decrypted before anything is registered.
+
+    The archive is extracted under ``tmp_dir`` (default: ``TMPDIR``). Before anything is
+    written, its listing (zip, folder, plain tar) is checked: an archive whose entry names
+    hold no model this plugin reads, or whose files would not fit in the free space there,
+    is refused in one line.
     """
     if scan not in SCAN_MODES:
         choices = ", ".join(SCAN_MODES)
@@ -321,7 +327,8 @@ def import_archive(
     probe(resolve_tracking_uri(tracking_uri))
     with (
         fetched(resolve(source, storage_options)) as location,
-        _extracted(location, progress, limits, keep_going=False, in_place="unread")
+        _extracted(location, progress, limits, keep_going=False, in_place="unread",
+                   tmp_dir=tmp_dir, expect_model=True)
         as (root, scanned),
         tempfile.TemporaryDirectory(prefix="mlflow-archive-model-") as wrapped,
     ):
@@ -511,18 +518,24 @@ def _container_for(path: str, requested: str | None, layout: Layout) -> str:
 
 @contextlib.contextmanager
 def _extracted(location, progress, limits, *, keep_going: bool,
-               in_place: str | None = None) -> Iterator[tuple[Path, Scanned]]:
-    """The archive extracted (safely, staged) into a temporary folder removed afterwards.
+               in_place: str | None = None, tmp_dir: str | os.PathLike | None = None,
+               expect_model: bool = False) -> Iterator[tuple[Path, Scanned]]:
+    """The archive extracted (safely, staged) into a temporary folder under ``tmp_dir``
+    (``TMPDIR`` by default), removed afterwards; with ``expect_model`` an archive whose
+    listing holds no model is refused before anything is written.
 
     With ``in_place``, large stored entries stay in the archive (``Scanned.extents``):
     ``"verified"`` hashes them now, ``"unread"`` leaves them to be checked against
     ``checksum.txt`` as they are read (uploaded) later."""
-    with tempfile.TemporaryDirectory(prefix="mlflow-archive-") as scratch:
+    if tmp_dir is not None and not os.path.isdir(tmp_dir):
+        raise UnsupportedError(f"the temporary folder {os.fspath(tmp_dir)!r} does not exist; "
+                               "create it or choose another with --tmp-dir")
+    with tempfile.TemporaryDirectory(prefix="mlflow-archive-", dir=tmp_dir) as scratch:
         root = Path(scratch)
         scanned = scan_archive(location, extract_to=root, keep_going=keep_going,
                                show_progress=progress, limits=limits,
                                in_place=in_place is not None,
-                               verify_in_place=in_place != "unread")
+                               verify_in_place=in_place != "unread", expect_model=expect_model)
         yield root, scanned
 
 
@@ -567,6 +580,7 @@ def verify_archive(
     limits: ReadLimits | None = None,
     key: str | os.PathLike | None = None,
     run: bool = False,
+    tmp_dir: str | os.PathLike | None = None,
 ) -> VerifyReport:
     """Check every file of the archive at ``source`` against ``checksum.txt``, reporting all
     problems at once rather than stopping at the first; with ``key`` (a PEM public key) also
@@ -574,9 +588,12 @@ def verify_archive(
     archive. The report says what could and could not be authenticated (``signature``).
     Once every file holds, the layout's own rules are checked too; ``run`` lets those run
     the archive's code (a portable package's example through its ``predict.py``) in a child
-    process."""
+    process. The archive is extracted under ``tmp_dir`` (default: ``TMPDIR``); one whose
+    listing holds no model this plugin reads, or would not fit in the free space there, is
+    refused in one line before anything is written."""
     location = resolve(source, storage_options)
-    with _extracted(location, progress, limits, keep_going=True) as (root, scanned):
+    with _extracted(location, progress, limits, keep_going=True, tmp_dir=tmp_dir,
+                    expect_model=True) as (root, scanned):
         problems = scanned.integrity_problems()
         raw = scanned.captured.get(METADATA_NAME)
         if raw is None:

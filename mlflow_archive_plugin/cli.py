@@ -124,6 +124,13 @@ def _limit_options(command):
                         show_default=True, help="Refuse archives with more files.")(command)
 
 
+def _tmp_dir_option(command):
+    """--tmp-dir, for the commands that extract archives."""
+    return click.option("--tmp-dir", type=click.Path(file_okay=False), help="Extract into "
+                        "this folder (default: TMPDIR); the archive is refused first if its "
+                        "files would not fit in its free space.")(command)
+
+
 def _limits(max_members: int, max_size: int, max_ratio: float) -> ReadLimits:
     return ReadLimits(max_members=max_members, max_total_bytes=max_size, max_ratio=max_ratio)
 
@@ -323,10 +330,11 @@ def export_command(model_uris, dest, fmt, container, force, tracking_uri, as_jso
               "raw, 64 hex characters or base64).")
 @click.option("--key-env", metavar="VAR", help="Environment variable holding the key of an "
               "encrypted MLSteam package.")
+@_tmp_dir_option
 @_storage_option
 def import_command(source, name, experiment, on_exists, no_aliases, tracking_uri, as_json, quiet,
                    max_members, max_size, max_ratio, verify_key, scan, key_file, key_env,
-                   storage_options):
+                   tmp_dir, storage_options):
     """Verify the archive at SOURCE and register it as a model version (one per model, for an
     MLSteam package of several)."""
     if key_file and key_env:
@@ -336,7 +344,7 @@ def import_command(source, name, experiment, on_exists, no_aliases, tracking_uri
                                 storage_options=storage_options, progress=_progress(quiet),
                                 limits=_limits(max_members, max_size, max_ratio),
                                 verify_key=verify_key, scan=scan,
-                                encryption_key=_read_key(key_file, key_env))
+                                encryption_key=_read_key(key_file, key_env), tmp_dir=tmp_dir)
     for line in result.warnings:
         click.echo(f"warning: {line}", err=True)
     keys = ("name", "version", "model_uri", "reused", "warnings")
@@ -396,15 +404,16 @@ def _signed_state(info: api.ArchiveInfo) -> str:
 @click.option("--run", is_flag=True, help="Also run the archive's own code where its format "
               "asks for it (a portable package's example through predict.py, in a child "
               "process). Off by default: verifying never runs what it verifies.")
+@_tmp_dir_option
 @_storage_option
 def verify_command(source, as_json, quiet, max_members, max_size, max_ratio, key, run,
-                   storage_options):
+                   tmp_dir, storage_options):
     """Check every file of the archive at SOURCE against its checksum.txt, then its format's
     own rules."""
     report = api.verify_archive(source, storage_options=storage_options,
                                 progress=_progress(quiet),
                                 limits=_limits(max_members, max_size, max_ratio), key=key,
-                                run=run)
+                                run=run, tmp_dir=tmp_dir)
     if as_json:
         _emit(True, report.to_dict(), [])
     elif report.ok:

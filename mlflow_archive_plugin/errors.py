@@ -51,6 +51,10 @@ class UnsafeArchiveError(ArchiveError):
     reason: str = ""
 
 
+class InsufficientSpaceError(ArchiveError):
+    """Reading or writing an archive needs more disk than the file system has free."""
+
+
 class DestinationExistsError(ArchiveError):
     """The export destination already exists and ``force`` was not given."""
 

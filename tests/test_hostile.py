@@ -1101,8 +1101,8 @@ def many_files(sb: Sandbox, count: int) -> list[Member]:
 def test_archive_with_more_files_than_max_members_is_refused(sandbox):
     members = many_files(sandbox, 40)
     path = sandbox.pack("zip", members)
-    eleventh = members[10].name
-    with pytest.raises(UnsafeArchiveError, match=f"'{eleventh}': more than 10 files"):
+    # a zip's central directory lists them all: refused before any entry is read
+    with pytest.raises(UnsafeArchiveError, match="it lists 45 files, more than 10 files"):
         import_archive(path, tracking_uri=sandbox.registry_uri, limits=ReadLimits(max_members=10))
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from mlflow_archive_plugin import progress
 from mlflow_archive_plugin.errors import (
     CorruptArchiveError,
+    InsufficientSpaceError,
     IntegrityError,
     NotAnArchiveError,
     UnsafeArchiveError,
@@ -31,7 +32,7 @@ from mlflow_archive_plugin.storage.containers import (
     get_container,
     open_reader,
 )
-from mlflow_archive_plugin.storage.containers.base import collision_key, safe_entry_name
+from mlflow_archive_plugin.storage.containers.base import Listed, collision_key, safe_entry_name
 from mlflow_archive_plugin.storage.extents import Extent, make_placeholder, stays_in_place
 from mlflow_archive_plugin.storage.integrity import (
     CHECKSUM_NAME,
@@ -284,8 +285,15 @@ def scan_archive(
     limits: ReadLimits | None = None,
     in_place: bool = False,
     verify_in_place: bool = True,
+    expect_model: bool = False,
 ) -> Scanned:
     """Read every entry once, hashing it and (with ``extract_to``) extracting it there.
+
+    Where the container lists its entries up front (zip, folder, plain tar), the listing is
+    checked before any entry is read: more files or declared bytes than ``limits`` allow, or
+    (extracting) more bytes to write than the extraction folder's file system has free, is
+    refused in one line; with ``expect_model`` so is an archive whose entry names hold no
+    layout this plugin reads. Nothing is written before these checks.
 
     Entries are extracted into a hidden staging folder inside ``extract_to`` and moved into
     place only once the whole archive has been read, so a refused or damaged archive leaves
@@ -301,10 +309,10 @@ def scan_archive(
         staging.mkdir()
     try:
         scanned = _scan(location, staging, keep_going, show_progress, limits or ReadLimits(),
-                        in_place and location.is_local, verify_in_place)
+                        in_place and location.is_local, verify_in_place, expect_model)
         _strip_wrapper_folder(scanned)
         _expect_listed_digests(scanned)
-        if staging is not None:
+        if staging is not None and (staging / scanned.prefix).is_dir():
             for child in (staging / scanned.prefix).iterdir():
                 child.rename(extract_to / child.name)
     finally:
@@ -314,7 +322,8 @@ def scan_archive(
 
 
 def _scan(location: Location, staging: Path | None, keep_going: bool, show_progress,
-          limits: ReadLimits, in_place: bool = False, verify_in_place: bool = True) -> Scanned:
+          limits: ReadLimits, in_place: bool = False, verify_in_place: bool = True,
+          expect_model: bool = False) -> Scanned:
     with open_source(location) as (container, source):
         _check_extension(location, container)
         scanned = Scanned(container)
@@ -326,6 +335,11 @@ def _scan(location: Location, staging: Path | None, keep_going: bool, show_progr
         except CorruptArchiveError as exc:
             raise CorruptArchiveError(f"{location.url}: {exc}") from exc
         with progress.byte_progress(total, "read", show_progress) as on_bytes, reader:
+            listing = reader.listing()
+            if listing is not None and not _check_listing(
+                    location, listing, limits, staging, expect_model,
+                    in_place and staging is not None, keep_going):
+                staging = None  # no model to extract: read (verify) the entries, write nothing
             consumed = None if container == "folder" else source.tell
             budget = _Budget(limits, consumed, on_bytes)
             try:
@@ -339,6 +353,58 @@ def _scan(location: Location, staging: Path | None, keep_going: bool, show_progr
     return scanned
 
 
+# Room left free on the extraction folder's file system beyond what an archive needs.
+DISK_MARGIN_BYTES = 64 * 1024**2
+
+
+def _check_listing(location: Location, listing: list[Listed], limits: ReadLimits,
+                   staging: Path | None, expect_model: bool, in_place: bool,
+                   keep_going: bool) -> bool:
+    """Refuse, from the entries' names and declared sizes alone, what reading would refuse
+    only after writing it: too many files or bytes, more than the disk holds, no model.
+    With ``keep_going`` (verify) an archive that holds no model is not refused here but
+    False is returned: it is then read without writing anything, and reported."""
+    if len(listing) > limits.max_members:
+        raise UnsafeArchiveError(
+            f"refused {location.url}: it lists {len(listing)} files, more than "
+            f"{limits.max_members} files (raise the limit with --max-members if you trust the "
+            "archive)")
+    declared = sum(entry.size for entry in listing)
+    if declared > limits.max_total_bytes:
+        raise UnsafeArchiveError(
+            f"refused {location.url}: its entries declare {declared} bytes "
+            f"({_size_text(declared)}), so the archive holds more than "
+            f"{limits.max_total_bytes} bytes (raise --max-size if you trust the archive)")
+    if staging is None:
+        return True
+    if expect_model:
+        names = {entry.name for entry in listing}
+        prefix = _wrapper_prefix(names)
+        try:
+            detect_layout({name.removeprefix(prefix) for name in names},
+                          staging / "not-extracted")  # by the names alone: nothing is there
+        except UnsupportedError:
+            if not keep_going:
+                raise
+            return False
+    needed = sum(entry.size for entry in listing
+                 if not (in_place and entry.stored and stays_in_place(entry.name, entry.size)))
+    free = shutil.disk_usage(staging).free
+    if needed + DISK_MARGIN_BYTES > free:
+        raise InsufficientSpaceError(
+            f"cannot read {location.url}: extracting it needs {_size_text(needed)} in "
+            f"{staging.parent}, which has {_size_text(free)} free; free some space there or "
+            "choose another folder (--tmp-dir, or TMPDIR)")
+    return True
+
+
+def _size_text(size: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size} bytes"
+
+
 # Documents whose presence inside a lone top-level folder marks that folder as a wrapper.
 _ROOT_MARKERS = (CHECKSUM_NAME, METADATA_NAME, "MAR-INF/MANIFEST.json")
 # How deep wrapper folders go: ``<name>/`` in a .mar's tgz, ``<name>/<version>/`` in a
@@ -346,7 +412,7 @@ _ROOT_MARKERS = (CHECKSUM_NAME, METADATA_NAME, "MAR-INF/MANIFEST.json")
 _MAX_WRAPPER_DEPTH = 2
 
 
-def _wrapper_prefix(records: dict[str, FileRecord]) -> str:
+def _wrapper_prefix(records: dict[str, FileRecord] | set[str]) -> str:
     """The folders (at most two) every entry sits under, down to the first that holds the
     archive's documents; empty if there is no such folder."""
     prefix = ""

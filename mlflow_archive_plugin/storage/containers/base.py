@@ -11,6 +11,7 @@ import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +22,16 @@ from mlflow_archive_plugin.snapshot.records import FileRecord
 from mlflow_archive_plugin.snapshot.records import safe_entry_name as safe_entry_name
 
 ProgressCallback = Callable[[int], None] | None
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One entry of an archive's listing: its name, the size its header declares, and
+    whether it is stored as it is (so that a reader may leave it in place)."""
+
+    name: str
+    size: int
+    stored: bool = False
 
 
 
@@ -54,6 +65,13 @@ class ContainerReader(AbstractContextManager, ABC):
     @abstractmethod
     def entries(self) -> Iterator[tuple[str, BinaryIO]]:
         """Each regular-file entry with a stream of its bytes; directories are skipped."""
+
+    def listing(self) -> list[Listed] | None:
+        """Every regular-file entry's name (as the archive writes it) and declared size,
+        known before any entry is read, or None where the container can only tell them as it
+        is read (a compressed tar). The names are not checked here: ``entries`` refuses an
+        unsafe one as it comes to it."""
+        return None
 
     def close(self) -> None:
         """Release the underlying file."""

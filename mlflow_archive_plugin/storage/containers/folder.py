@@ -11,6 +11,7 @@ from mlflow_archive_plugin.errors import UnsafeArchiveError
 from mlflow_archive_plugin.storage.containers.base import (
     ContainerReader,
     ContainerWriter,
+    Listed,
     ProgressCallback,
     safe_entry_name,
 )
@@ -46,6 +47,18 @@ class FolderReader(ContainerReader):
 
     def __init__(self, root: Path) -> None:
         self._root = root
+
+    def listing(self) -> list[Listed]:
+        """Every regular file below the root (links and special files are left to
+        ``entries``, which refuses them)."""
+        found = []
+        for dirpath, _dirnames, filenames in os.walk(self._root):
+            for filename in filenames:
+                path = Path(dirpath, filename)
+                if path.is_file() and not path.is_symlink():
+                    found.append(Listed(path.relative_to(self._root).as_posix(),
+                                        path.stat().st_size))
+        return found
 
     def entries(self) -> Iterator[tuple[str, BinaryIO]]:
         for dirpath, dirnames, filenames in os.walk(self._root):

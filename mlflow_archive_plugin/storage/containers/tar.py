@@ -19,6 +19,7 @@ from mlflow_archive_plugin.storage.containers.base import (
     ContainerReader,
     ContainerWriter,
     GuardedStream,
+    Listed,
     ProgressCallback,
     safe_entry_name,
 )
@@ -133,6 +134,7 @@ class TarReader(ContainerReader):
             _refuse_polyglot()
         # Where each member's bytes lie in a plain tar's file: a zip found must be in one.
         self._member_spans: list[tuple[int, int]] = []
+        self._listing = _plain_listing(source) if self._plain else None
         try:
             self._data = _TailKeeper(_DECOMPRESSORS[container](source))
             self._tar = tarfile.open(fileobj=self._data, mode="r|")  # noqa: SIM115
@@ -140,6 +142,11 @@ class TarReader(ContainerReader):
             raise CorruptArchiveError(
                 f"the tar archive is truncated or damaged ({exc}); export it again"
             ) from exc
+
+    def listing(self) -> list[Listed] | None:
+        """A plain tar's regular members, from their headers alone (seeking over the data);
+        None for a compressed tar, which would have to be decompressed to list it."""
+        return self._listing
 
     def entries(self) -> Iterator[tuple[str, BinaryIO]]:
         members = iter(self._tar)
@@ -203,6 +210,34 @@ class TarReader(ContainerReader):
 
     def close(self) -> None:
         self._tar.close()
+
+
+def _plain_listing(source: BinaryIO) -> list[Listed] | None:
+    """The members of the plain tar ``source`` by their headers, read by seeking from one to
+    the next; None unless that walk ends in tar's end-of-archive zero blocks at the end of the
+    file (a damaged tar is left to the stream reader, which names what is wrong)."""
+    listed: list[Listed] = []
+    try:
+        end = source.seek(0, 2)
+        source.seek(0)
+        with tarfile.open(fileobj=source, mode="r:") as archive:
+            for member in archive:
+                if member.isreg():
+                    listed.append(Listed(member.name, member.size, True))
+            offset = archive.offset
+        if end - offset > _LISTING_TAIL_MAX or end - offset < _BLOCK:
+            return None
+        source.seek(offset)
+        tail = source.read(end - offset)
+        return listed if tail.count(0) == len(tail) else None
+    except _STREAM_ERRORS:
+        return None
+    finally:
+        source.seek(0)
+
+
+# Zero blocks a tar may end with past its last member (GNU tar pads to 10 KiB records).
+_LISTING_TAIL_MAX = 1024**2
 
 
 def _refuse_polyglot() -> None:

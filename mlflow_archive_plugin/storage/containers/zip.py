@@ -17,6 +17,7 @@ from mlflow_archive_plugin.storage.containers.base import (
     ContainerReader,
     ContainerWriter,
     GuardedStream,
+    Listed,
     ProgressCallback,
     safe_entry_name,
 )
@@ -120,6 +121,12 @@ class ZipReader(ContainerReader):
         except BaseException:
             self._zip.close()
             raise
+
+    def listing(self) -> list[Listed]:
+        """The central directory's regular files, before any entry is read."""
+        return [Listed(info.orig_filename, info.file_size,
+                       info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1)
+                for info in self._zip.infolist() if not info.is_dir()]
 
     def entries(self) -> Iterator[tuple[str, BinaryIO]]:
         for index, info in enumerate(self._zip.infolist()):
