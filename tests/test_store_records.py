@@ -578,3 +578,42 @@ def test_mlflow_artifacts_download_of_a_store_takes_nothing_through_a_planted_li
     assert sorted(p.relative_to(received).as_posix() for p in received.rglob("*")) == [
         "store", "store/run", "store/run/kept.txt"]
     assert tree(artifacts.root) == before
+
+
+@pytest.mark.parametrize("below", ["leak/precious.txt", "leak/model.pkl", "leak"])
+def test_a_uri_through_a_link_below_a_runs_artifacts_folder_is_refused(artifacts, tmp_path,
+                                                                       below):
+    """MLflow's client splits ``<run artifacts>/leak/precious.txt`` into a repository rooted
+    at ``<run artifacts>/leak`` and the name ``precious.txt``: the root itself goes through
+    the planted link, so the run's ``artifacts`` folder is the boundary of that root too."""
+    run = artifacts.store / "0" / "a1b2c3" / "artifacts"
+    artifacts.link("0/a1b2c3/artifacts/leak", artifacts.outside / "victim")
+    (run / "kept.txt").write_text("the run's")
+    before = tree(artifacts.root)
+    received = tmp_path / "received"
+    received.mkdir()
+
+    message = one_line(mlflow.artifacts.download_artifacts,
+                       artifact_uri=f"archive+file://{run}/{below}", dst_path=str(received))
+
+    assert OUT_OF_ROOT in message
+    assert list(received.iterdir()) == []
+    assert tree(artifacts.root) == before
+    assert Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=f"archive+file://{run}/kept.txt")).read_text() == "the run's"
+
+
+def test_a_store_reached_through_a_link_of_its_own_still_works(artifacts, tmp_path):
+    """A link above the run's ``artifacts`` folder (an artifact root that is itself a link,
+    say) is the user's choice, not a planted one: it is followed."""
+    real = artifacts.root / "real-root" / "0" / "r1" / "artifacts"
+    real.mkdir(parents=True)
+    (real / "kept.txt").write_text("kept")
+    (artifacts.root / "linked-root").symlink_to(artifacts.root / "real-root",
+                                                target_is_directory=True)
+    linked = artifacts.root / "linked-root" / "0" / "r1" / "artifacts"
+
+    downloaded = mlflow.artifacts.download_artifacts(artifact_uri=f"archive+file://{linked}",
+                                                     dst_path=str(tmp_path))
+
+    assert (Path(downloaded) / "kept.txt").read_text() == "kept"

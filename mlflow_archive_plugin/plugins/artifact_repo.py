@@ -107,6 +107,8 @@ _PARTIAL = re.compile(r"^\..+\.partial-[0-9a-f]{12}$")
 # The prefix of the hidden file a plain file is written to in a local store before it is
 # renamed into place: MLflow's local repository's, so neither lists the other's uploads.
 UPLOADING_PREFIX = ".artifact.uploading."
+# The folder MLflow keeps a run's and a logged model's artifacts in.
+ARTIFACTS_FOLDER = "artifacts"
 _COPY_BLOCK = 1024 * 1024
 # Archive file names that choose a layout other than the native one.
 _LAYOUT_OF_EXTENSION = {".mar": "mar", ".bentomodel": "bentoml", ".mlarchive": "mlarchive"}
@@ -136,6 +138,16 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
             os.path.abspath(self._root.path) if self._archive is None and self._root.is_local
             else None
         )
+
+    @property
+    def _artifacts_folder(self) -> str | None:
+        """The MLflow ``artifacts`` folder (of a run or logged model) the root is below, if
+        it is below one rather than that folder itself."""
+        if self._artifact_dir is None:
+            return None
+        parts = Path(self._artifact_dir).parts
+        inner = [index for index, part in enumerate(parts[:-1]) if part == ARTIFACTS_FOLDER]
+        return str(Path(*parts[:inner[-1] + 1])) if inner else None
 
     @property
     def artifact_dir(self) -> str | None:
@@ -327,8 +339,20 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
     def _contain(self, relative: str) -> None:
         """In a local store, refuse (with MLflow's own error) a path that, or any of whose
         folders, resolves outside the store through a symbolic link. Elsewhere nothing to do:
-        object stores have no links."""
-        if self._artifact_dir is None or not relative:
+        object stores have no links.
+
+        MLflow's client roots a repository at the parent of a URI's last name, so
+        ``runs:/<id>/leak/secret.txt`` gives a repository rooted at ``.../artifacts/leak``:
+        below the run's (or logged model's) ``artifacts`` folder, the root's own folders
+        must stay inside that folder too."""
+        if self._artifact_dir is None:
+            return
+        if self._artifacts_folder is not None:
+            below = Path(self._artifact_dir).relative_to(self._artifacts_folder).parts
+            for index in range(1, len(below) + 1):
+                validate_path_within_directory(
+                    self._artifacts_folder, os.path.join(self._artifacts_folder, *below[:index]))
+        if not relative:
             return
         parts = relative.split("/")
         for index in range(1, len(parts) + 1):
