@@ -617,3 +617,38 @@ def test_a_store_reached_through_a_link_of_its_own_still_works(artifacts, tmp_pa
                                                      dst_path=str(tmp_path))
 
     assert (Path(downloaded) / "kept.txt").read_text() == "kept"
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"location": "memory://{root}/elsewhere/model.zip"}, "is not the archive's place"),
+    ({"revision_dir": "../../elsewhere"}, "its revision folder '../../elsewhere'"),
+    ({"file": "../../../elsewhere/model.zip"}, "is not one plain file name"),
+])
+def test_an_object_store_record_is_checked_as_a_local_one(sandbox, model, fields, expected):
+    """The same record checks hold where there are no links: a deployments store in an
+    fsspec object store (the in-memory one), with the good record copied into it."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"/{unique('deployments')}"
+    record = json.loads((sandbox.store / "good" / RECORD).read_text())
+    store = f"memory://{root}/store"
+    record["location"] = (f"{store}/good/{record['revision_dir']}/{record['file']}")
+    fs.pipe(f"{root}/store/good/{record['revision_dir']}/{record['file']}",
+            sandbox.archive.read_bytes())
+    fs.pipe(f"{root}/elsewhere/model.zip", sandbox.archive.read_bytes())
+    hostile = {key: value.format(root=root) if isinstance(value, str) else value
+               for key, value in fields.items()}
+    try:
+        client = get_deploy_client(f"archive:/{store}")
+        fs.pipe(f"{root}/store/good/{RECORD}", json.dumps(record).encode())
+        assert len(client.predict("good", model["X"])["predictions"]) == len(model["X"])
+        fs.pipe(f"{root}/store/good/{RECORD}", json.dumps({**record, **hostile}).encode())
+        objects = {path: fs.cat_file(path) for path in fs.find(root)}
+
+        for call in (lambda: client.predict("good", model["X"]),
+                     lambda: client.update_deployment("good", model["uri"])):
+            assert expected in one_line(call)
+        assert {path: fs.cat_file(path) for path in fs.find(root)} == objects
+    finally:
+        fs.rm(root, recursive=True)
