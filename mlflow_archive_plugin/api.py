@@ -7,13 +7,13 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlflow_archive_plugin.errors import (
+    ArchiveError,
     CorruptArchiveError,
     EncryptionError,
     IntegrityError,
@@ -24,6 +24,8 @@ from mlflow_archive_plugin.formats import LAYOUTS, Entry, Layout, detect_layout,
 from mlflow_archive_plugin.formats.base import parse_metadata
 from mlflow_archive_plugin.plugins.flavor import save_archive_model, stored_archive
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
+from mlflow_archive_plugin.storage import cleanup
+from mlflow_archive_plugin.storage.cleanup import scratch_dir
 from mlflow_archive_plugin.storage.containers import CONTAINERS, get_container
 from mlflow_archive_plugin.storage.extents import materialize
 from mlflow_archive_plugin.storage.integrity import (
@@ -221,10 +223,11 @@ def export_model(
         layout, container if into_folder else _container_for(location.path, container, layout))
     if not into_folder:
         refuse_existing(location, force)  # before any download, not after
+        _remove_leftovers(location)
     from mlflow_archive_plugin.mlflow_side.served import fetch_deferred
     from mlflow_archive_plugin.mlflow_side.source import read_model
 
-    with tempfile.TemporaryDirectory(prefix="mlflow-archive-export-") as scratch:
+    with scratch_dir("export") as scratch:
         snapshots = []
         for index, uri in enumerate(uris):
             download = Path(scratch, "download" if index == 0 else f"download-{index}")
@@ -258,6 +261,7 @@ def export_model(
             sign_checksums = _checksum_signer(Path(sign_key), Path(scratch, "checksums"))
         if into_folder:
             location = location.child(layout.file_stem(snapshot) + layout.extension(chosen))
+            _remove_leftovers(location)
         written = write_archive(
             snapshot, layout, chosen, location, force=force, show_progress=progress, extra=extra,
             options=options, sign_checksums=sign_checksums,
@@ -330,7 +334,7 @@ def import_archive(
         _extracted(location, progress, limits, keep_going=False, in_place="unread",
                    tmp_dir=tmp_dir, expect_model=True)
         as (root, scanned),
-        tempfile.TemporaryDirectory(prefix="mlflow-archive-model-") as wrapped,
+        scratch_dir("model") as wrapped,
     ):
         if verify_key is not None:
             # First: with a key, nothing the signature does not cover is even parsed.
@@ -502,6 +506,13 @@ def _container_named(path: str, layout: Layout) -> str | None:
     return None
 
 
+def _remove_leftovers(location) -> None:
+    """Remove what killed exports to ``location`` left beside it (partial files whose writer
+    is gone, day-old unfinished uploads). Best effort: it never stops this export."""
+    with contextlib.suppress(ArchiveError, OSError):
+        cleanup.remove(cleanup.find_beside(location))
+
+
 def _container_for(path: str, requested: str | None, layout: Layout) -> str:
     """The container a destination file name asks for, checked against ``requested``; a
     name with no known extension takes ``requested`` or the layout's default."""
@@ -530,7 +541,7 @@ def _extracted(location, progress, limits, *, keep_going: bool,
     if tmp_dir is not None and not os.path.isdir(tmp_dir):
         raise UnsupportedError(f"the temporary folder {os.fspath(tmp_dir)!r} does not exist; "
                                "create it or choose another with --tmp-dir")
-    with tempfile.TemporaryDirectory(prefix="mlflow-archive-", dir=tmp_dir) as scratch:
+    with scratch_dir("read", dir=tmp_dir) as scratch:
         root = Path(scratch)
         scanned = scan_archive(location, extract_to=root, keep_going=keep_going,
                                show_progress=progress, limits=limits,
@@ -654,3 +665,55 @@ def _parse_metadata(raw: bytes | None) -> dict[str, Any] | None:
     if raw is None:
         return None
     return parse_metadata(raw, Path(".")).to_document()
+
+
+@dataclass
+class CleanReport:
+    """What :func:`clean_leftovers` found (and, unless ``dry_run``, removed): one line each."""
+
+    removed: list[str]
+    dry_run: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"removed": self.removed, "dry_run": self.dry_run}
+
+
+def clean_leftovers(
+    dests: Sequence[str | os.PathLike] = (),
+    *,
+    tracking_uri: str | None = None,
+    tmp_dir: str | os.PathLike | None = None,
+    older_than_hours: float = 24.0,
+    dry_run: bool = False,
+    storage_options: dict | None = None,
+) -> CleanReport:
+    """Remove what killed exports and imports left: partial files and folders beside each
+    export destination in ``dests`` (or in a destination folder) and, on S3, their unfinished
+    multipart uploads; this plugin's working folders in ``tmp_dir`` (default: ``TMPDIR``); and
+    with ``tracking_uri``, the runs and logged models killed imports left in that registry.
+
+    A leftover whose writer ran on this machine is removed once that process is gone; one
+    whose owner cannot be checked (another machine, an S3 upload, a registry) once it is older
+    than ``older_than_hours``. With ``dry_run`` nothing is removed; the report says what would
+    be.
+    """
+    older_than = older_than_hours * 3600
+    found = []
+    for dest in dests:
+        found += cleanup.find_at_destination(dest, storage_options=storage_options,
+                                             older_than=older_than)
+    found += cleanup.find_in_temporary(tmp_dir, older_than=older_than)
+    lines = [item.line() for item in found]
+    if not dry_run:
+        cleanup.remove(found)
+    if tracking_uri is not None:
+        from mlflow_archive_plugin.mlflow_side.registry import (
+            find_killed_imports,
+            remove_killed_imports,
+        )
+
+        killed = find_killed_imports(tracking_uri, older_than=older_than)
+        lines += [item.line() for item in killed]
+        if not dry_run:
+            remove_killed_imports(killed, tracking_uri)
+    return CleanReport(lines, dry_run)

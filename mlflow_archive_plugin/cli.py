@@ -357,6 +357,32 @@ def import_command(source, name, experiment, on_exists, no_aliases, tracking_uri
     ])
 
 
+@cli.command("clean")
+@click.argument("dests", nargs=-1, metavar="[DEST...]")
+@click.option("--tracking-uri", help="Also remove the runs and logged models that killed "
+              "imports left in this registry.")
+@click.option("--tmp-dir", type=click.Path(file_okay=False),
+              help="The temporary folder to clean (default: TMPDIR).")
+@click.option("--older-than", type=float, default=24.0, show_default=True, metavar="HOURS",
+              help="Age after which a leftover whose owner cannot be checked (written on "
+                   "another machine, an S3 upload, a registry run) is removed.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_storage_option
+def clean_command(dests, tracking_uri, tmp_dir, older_than, dry_run, as_json, storage_options):
+    """Remove what killed exports and imports left: partial files beside each export
+    destination DEST (a file or a folder exported into; on S3 also unfinished multipart
+    uploads), this plugin's working folders in the temporary folder, and with --tracking-uri
+    a registry's half-imported runs and logged models. Those of a process still running are
+    kept."""
+    report = api.clean_leftovers(dests, tracking_uri=tracking_uri, tmp_dir=tmp_dir,
+                                 older_than_hours=older_than, dry_run=dry_run,
+                                 storage_options=storage_options)
+    verb = "would remove" if dry_run else "removed"
+    _emit(as_json, report.to_dict(),
+          [f"{verb} {line}" for line in report.removed] or ["nothing to clean"])
+
+
 @cli.command("inspect")
 @click.argument("source")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

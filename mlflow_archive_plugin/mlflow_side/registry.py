@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +246,66 @@ def _remove_killed_imports(client: MlflowClient, experiment_id: str, digest: str
             client.delete_tag(run.info.run_id, INCOMPLETE_TAG)
         else:
             client.delete_run(run.info.run_id)
+
+
+@dataclass
+class KilledImport:
+    """A run or logged model an import killed half way left (still marked incomplete, and
+    no version made from it)."""
+
+    kind: str  # "run" or "logged model"
+    id: str
+    experiment_id: str
+    digest: str
+    age_seconds: float
+
+    def line(self) -> str:
+        return (f"{self.kind} {self.id} in experiment {self.experiment_id}: left by an import "
+                f"of archive {self.digest[:12]} killed {self.age_seconds / 3600:.1f} hours ago")
+
+
+def find_killed_imports(tracking_uri: str | None = None, *,
+                        older_than: float = 24 * 3600.0) -> list[KilledImport]:
+    """Every run and logged model, in every active experiment, that an import left marked
+    incomplete more than ``older_than`` seconds ago and no version was made from. (A younger
+    one may belong to an import still running.)"""
+    client = connect(resolve_tracking_uri(tracking_uri))
+    now_ms = time.time() * 1000
+    marked = f"tags.`{INCOMPLETE_TAG}` LIKE '%'"
+    found: list[KilledImport] = []
+    with mlflow_errors("cannot list what killed imports left"):
+        for experiment in client.search_experiments(max_results=50000):
+            eid = experiment.experiment_id
+            for model in _all_logged_models(client, eid, marked):
+                digest = (model.tags or {}).get(INCOMPLETE_TAG, "")
+                age = (now_ms - (model.creation_timestamp or now_ms)) / 1000
+                if age > older_than and not _made_from(client, digest, model_id=model.model_id):
+                    found.append(KilledImport("logged model", model.model_id, eid, digest, age))
+            for run in _all_runs(client, eid, marked):
+                digest = run.data.tags.get(INCOMPLETE_TAG, "")
+                age = (now_ms - (run.info.start_time or now_ms)) / 1000
+                if age > older_than and not _made_from(client, digest, run_id=run.info.run_id):
+                    found.append(KilledImport("run", run.info.run_id, eid, digest, age))
+    return found
+
+
+def remove_killed_imports(found: list[KilledImport], tracking_uri: str | None = None) -> None:
+    """Delete what :func:`find_killed_imports` found (runs go to MLflow's deleted state,
+    as a failed import's own do)."""
+    client = connect(resolve_tracking_uri(tracking_uri))
+    with mlflow_errors("cannot delete what killed imports left"):
+        for item in found:
+            if item.kind == "logged model":
+                client.delete_logged_model(item.id)
+            else:
+                client.delete_run(item.id)
+
+
+def _made_from(client: MlflowClient, digest: str, *, run_id: str | None = None,
+               model_id: str | None = None) -> bool:
+    versions = _versions_with_digest(client, digest) if digest else []
+    return any((run_id is not None and v.run_id == run_id)
+               or (model_id is not None and _model_id_of(v) == model_id) for v in versions)
 
 
 def _unmark(client: MlflowClient, run_id: str | None, model_id: str | None) -> None:

@@ -25,6 +25,7 @@ import os
 import posixpath
 import re
 import shutil
+import socket
 import tempfile
 import urllib.parse
 import uuid
@@ -182,9 +183,52 @@ def _refuse_read_only(location: Location) -> None:
         )
 
 
-def _temporary_sibling(path: str) -> str:
+# What a partial file's name says about the process writing it, so that whoever finds it
+# after a crash can tell whether its owner is gone: ``.<name>.partial-<random>-<pid>-<start>@
+# <host>``, ``start`` being the process's start time in clock ticks since boot (a reused pid
+# has another), 0 where the system does not say.
+PARTIAL_NAME = re.compile(r"^\.(?P<name>.+)\.partial-(?P<token>[0-9a-f]{12})"
+                          r"(?:-(?P<pid>\d+)-(?P<start>\d+)@(?P<host>[A-Za-z0-9._-]+))?$")
+
+
+def host_name() -> str:
+    """This machine's name as partial files and temporary folders record it."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "localhost"
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc``); None when
+    no such process runs, 0 when the system does not say."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError, ValueError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return 0
+        return 0
+
+
+def owner_tag() -> str:
+    """``<pid>-<start>@<host>`` of this process, for the names of what it may leave behind."""
+    pid = os.getpid()
+    return f"{pid}-{process_start(pid) or 0}@{host_name()}"
+
+
+def partial_name(path: str) -> str:
+    """A sibling of ``path`` to write before renaming it into place, naming its owner."""
     head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.partial-{uuid.uuid4().hex[:12]}")
+    return os.path.join(head, f".{tail}.partial-{uuid.uuid4().hex[:12]}-{owner_tag()}")
+
+
+def _temporary_sibling(path: str) -> str:
+    return partial_name(path)
 
 
 def _replace_local(tmp: str, final: str) -> None:
@@ -226,7 +270,7 @@ def publish_file(location: Location, force: bool = False,
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return
-    with tempfile.TemporaryDirectory(prefix="mlflow-archive-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=f"mlflow-archive-upload-{owner_tag()}-") as scratch:
         # The final name, so that object stores guess the same content type from it.
         local = os.path.join(scratch, posixpath.basename(location.path.rstrip("/")) or "archive")
         with open(local, "wb") as handle:
@@ -265,7 +309,7 @@ def _upload(local: str, location: Location) -> None:
         if parent not in ("", "/"):
             fs.makedirs(parent, exist_ok=True)
         tmp = posixpath.join(parent, f".{posixpath.basename(location.path)}.partial-"
-                                     f"{uuid.uuid4().hex[:12]}")
+                                     f"{uuid.uuid4().hex[:12]}-{owner_tag()}")
         try:
             fs.put_file(local, tmp)
             fs.mv(tmp, location.path)
