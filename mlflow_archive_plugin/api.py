@@ -26,7 +26,7 @@ from mlflow_archive_plugin.plugins.flavor import save_archive_model, stored_arch
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 from mlflow_archive_plugin.storage import cleanup
 from mlflow_archive_plugin.storage.cleanup import scratch_dir
-from mlflow_archive_plugin.storage.containers import CONTAINERS, get_container
+from mlflow_archive_plugin.storage.containers import get_container
 from mlflow_archive_plugin.storage.extents import materialize
 from mlflow_archive_plugin.storage.integrity import (
     CHECKSUM_NAME,
@@ -45,6 +45,7 @@ from mlflow_archive_plugin.storage.pipeline import (
     ReadLimits,
     Scanned,
     archive_digest,
+    container_named,
     metadata_problems,
     pick_container,
     read_snapshot,
@@ -246,7 +247,7 @@ def export_model(
                 fetch_deferred(member.deferred)
         if (stored is not None and stored[0].get("layout") == layout.name and not options
                 and len(snapshots) == 1 and encryption_key is None):
-            asked = container or (None if into_folder else _container_named(location.path, layout))
+            asked = container or (None if into_folder else container_named(location.path, layout))
             return _export_stored(snapshot, stored, location, into_folder, asked, force,
                                   sign_key)
         if encryption_key is not None:
@@ -493,19 +494,6 @@ def _export_stored(snapshot: Snapshot, stored: tuple[dict[str, Any], Path], loca
     )
 
 
-def _container_named(path: str, layout: Layout) -> str | None:
-    """The container a destination file name asks for (``m.tar.gz``, ``m.mar``), if any."""
-    if path.endswith(".tgz"):
-        return "tar.gz"
-    known = {c.extension: name for name, c in CONTAINERS.items() if c.extension}
-    known.update({layout.extension(CONTAINERS[name]): name for name in layout.containers})
-    known.update(layout.extra_extensions)
-    for extension, name in sorted(known.items(), key=lambda item: -len(item[0])):
-        if extension and path.endswith(extension):
-            return name
-    return None
-
-
 def _remove_leftovers(location) -> None:
     """Remove what killed exports to ``location`` left beside it (partial files whose writer
     is gone, day-old unfinished uploads). Best effort: it never stops this export."""
@@ -516,7 +504,7 @@ def _remove_leftovers(location) -> None:
 def _container_for(path: str, requested: str | None, layout: Layout) -> str:
     """The container a destination file name asks for, checked against ``requested``; a
     name with no known extension takes ``requested`` or the layout's default."""
-    by_name = _container_named(path, layout)
+    by_name = container_named(path, layout)
     if requested is None:
         return by_name or layout.default_container
     if by_name is not None and by_name != get_container(requested).name:

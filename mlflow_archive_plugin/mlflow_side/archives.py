@@ -9,21 +9,30 @@ wrapper all open archives here, so that each refuses what the others refuse.
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow_archive_plugin.errors import IntegrityError, SourceNotFoundError, UnsupportedError
+from mlflow_archive_plugin.formats import LAYOUTS, get_layout
 from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
 from mlflow_archive_plugin.storage.integrity import CHECKSUM_NAME, hash_stream
 from mlflow_archive_plugin.storage.location import Location, remote_errors, resolve
 from mlflow_archive_plugin.storage.pipeline import (
+    ARCHIVE_EXTENSIONS,
     archive_digest,
+    container_named,
     metadata_problems,
+    pick_container,
     read_snapshot,
     scan_archive,
+    write_archive,
 )
+
+# Archive file names that choose a layout other than the native one.
+_LAYOUT_OF_EXTENSION = {".mar": "mar", ".bentomodel": "bentoml", ".mlarchive": "mlarchive"}
 
 
 @dataclass
@@ -122,3 +131,58 @@ def archive_location(archive: str | os.PathLike, storage_options: dict | None = 
                      ) -> Location:
     """The archive at ``archive`` (a path or fsspec URL) as a resolved location."""
     return resolve(archive, storage_options)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+FORMATS: tuple[str, ...] = tuple(LAYOUTS)
+
+
+def format_containers() -> dict[str, tuple[str, ...]]:
+    """Each format and the containers it can be packed in."""
+    return {name: tuple(layout.containers) for name, layout in LAYOUTS.items()}
+
+
+def default_container(format: str) -> str:
+    """The container a format is packed in when none is asked for."""
+    return get_layout(format).default_container
+
+
+def check_format(format: str, container: str | None = None) -> None:
+    """Refuse, in one line, an unknown format or container, or a container the format
+    cannot be packed in (:class:`UnsupportedError`)."""
+    layout = get_layout(format)
+    if container is not None:
+        pick_container(layout, container)
+
+
+def archive_stem(file_name: str) -> str:
+    """``file_name`` without its archive extension (``model`` for ``model.tar.gz``)."""
+    lowered = file_name.lower()
+    for extension in ARCHIVE_EXTENSIONS:
+        if lowered.endswith(extension):
+            return file_name[:-len(extension)] or "model"
+    return file_name or "model"
+
+
+def write_model_folder(model_dir: Path, location: Location, *, force: bool, name: str) -> None:
+    """Write the plain MLflow model folder ``model_dir`` as an archive at ``location``, in the
+    layout and container its file name asks for (``.mar``, ``.bentomodel``, ``.mlarchive``,
+    else the native layout; ``.zip``, ``.tar.gz`` ...); a container the layout cannot use is
+    refused in one line naming the file name to use."""
+    from mlflow_archive_plugin.mlflow_side.source import read_model_folder
+
+    file_name = posixpath.basename(location.path)
+    lowered = file_name.lower()
+    layout = get_layout(next((layout for ext, layout in _LAYOUT_OF_EXTENSION.items()
+                              if lowered.endswith(ext)), "mlflow"))
+    asked = container_named(lowered, layout) or layout.default_container
+    try:
+        container = pick_container(layout, asked)
+    except UnsupportedError:
+        suggested = archive_stem(file_name) + layout.extension(pick_container(layout, None))
+        raise UnsupportedError(f"a {layout.name} archive cannot be a {asked} file; "
+                               f"name it {suggested}") from None
+    write_archive(read_model_folder(model_dir, location.url, name=name), layout, container,
+                  location, force=force, show_progress=False)

@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_archive_plugin.errors import (
     ArchiveError,
+    CorruptArchiveError,
     ModelNotFoundError,
     UnsafeArchiveError,
 )
@@ -519,6 +520,34 @@ def read_mlmodel_file(path: Path, what: str = "MLmodel") -> dict:
     not a YAML mapping); for the entry points, which do not parse archive documents
     themselves."""
     return load_mlmodel(path.read_bytes(), what=what)
+
+
+def read_model_folder(model_dir: Path, destination: str, *, name: str) -> Snapshot:
+    """A snapshot of a plain local MLflow model folder (one MLflow hands an artifact
+    repository to store): no registry entry or run to read, so the metadata holds the
+    MLmodel (parsed within the bounded loader's limits), the LoggedModel and run ids it names,
+    and lineage."""
+    path = model_dir / "MLmodel"
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CorruptArchiveError(f"{path} cannot be read ({exc.strerror or exc})") from exc
+    mlmodel = load_mlmodel(raw, what=str(path))
+    return Snapshot(
+        model_dir=model_dir,
+        mlmodel=mlmodel,
+        lineage=Lineage(
+            artifact_uri=redact_uri(destination),
+            exported_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            plugin_version=_plugin_version(),
+            mlflow_version=mlflow.__version__,
+        ),
+        logged_model=LoggedModelInfo(
+            model_id=str(mlmodel.get("model_id") or ""),
+            name=name,
+            source_run_id=str(mlmodel["run_id"]) if mlmodel.get("run_id") else None,
+        ),
+    )
 
 
 def _redacted(info):

@@ -45,12 +45,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
 import posixpath
-import re
 import shutil
 import tempfile
 import threading
@@ -59,7 +57,6 @@ from collections.abc import AsyncIterable, Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import yaml
 from mlflow.entities.file_info import FileInfo
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
@@ -78,19 +75,21 @@ except ImportError:  # pragma: no cover - depends on the MLflow release
 
 from mlflow_archive_plugin.errors import (
     ArchiveError,
-    CorruptArchiveError,
     DestinationExistsError,
     IntegrityError,
     SourceNotFoundError,
     UnsafeArchiveError,
     UnsupportedError,
 )
-from mlflow_archive_plugin.formats import get_layout
+from mlflow_archive_plugin.mlflow_side.archives import archive_stem, write_model_folder
 from mlflow_archive_plugin.mlflow_side.materialize import is_archive_name, materialize
-from mlflow_archive_plugin.snapshot import Lineage, LoggedModelInfo, Snapshot
-from mlflow_archive_plugin.storage.containers import CONTAINERS, get_container
-from mlflow_archive_plugin.storage.location import Location, publish_file, remote_errors, resolve
-from mlflow_archive_plugin.storage.pipeline import write_archive
+from mlflow_archive_plugin.storage.location import (
+    PARTIAL_NAME,
+    Location,
+    publish_file,
+    remote_errors,
+    resolve,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -102,16 +101,12 @@ PACKED_NAME = ".mlflow-archive.zip"
 S3_ENDPOINT_VARIABLE = "MLFLOW_S3_ENDPOINT_URL"
 # A JSON object of fsspec storage options for every archive+ URI (credentials, endpoints ...).
 STORAGE_OPTIONS_VARIABLE = "MLFLOW_ARCHIVE_STORAGE_OPTIONS"
-# Temporary names location.publish_file gives a file while it is written.
-_PARTIAL = re.compile(r"^\..+\.partial-[0-9a-f]{12}$")
 # The prefix of the hidden file a plain file is written to in a local store before it is
 # renamed into place: MLflow's local repository's, so neither lists the other's uploads.
 UPLOADING_PREFIX = ".artifact.uploading."
 # The folder MLflow keeps a run's and a logged model's artifacts in.
 ARTIFACTS_FOLDER = "artifacts"
 _COPY_BLOCK = 1024 * 1024
-# Archive file names that choose a layout other than the native one.
-_LAYOUT_OF_EXTENSION = {".mar": "mar", ".bentomodel": "bentoml", ".mlarchive": "mlarchive"}
 MLMODEL = "MLmodel"
 
 
@@ -385,7 +380,7 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
         name = posixpath.basename(relative)
         if os.path.isfile(full):
             hidden = name == PACKED_NAME or name.startswith(UPLOADING_PREFIX)
-            return None if hidden or _PARTIAL.match(name) else full
+            return None if hidden or PARTIAL_NAME.match(name) else full
         if not os.path.isdir(full):
             return None
         parts = relative.split("/") if relative else []
@@ -618,7 +613,7 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
                 shutil.copytree(self._model_of(packed, required=True), source)
                 shutil.copytree(model, source, dirs_exist_ok=True)
             try:
-                _write(source, packed, force=True, name=_model_name(source))
+                write_model_folder(source, packed, force=True, name=_model_name(source))
             except UnsupportedError as exc:
                 # A model whose file names cannot go into an archive is still logged.
                 _logger.warning("storing %s file by file: %s", self._describe(folder), exc)
@@ -688,7 +683,7 @@ class ArchiveArtifactRepository(ArtifactRepository, StreamUploadMixin):
                 f"{_shown(location)} already exists, and an archive is never overwritten; "
                 "delete it first or log the model to a new archive name"
             )
-        _write(local, location, force=False, name=_stem(name))
+        write_model_folder(local, location, force=False, name=archive_stem(name))
         self._models.clear()
 
     def _refuse_inside_archive(self, relative: str, action: str) -> None:
@@ -869,60 +864,6 @@ def _mlflow_errors(*, os_errors: bool = True) -> Iterator[None]:
 # ---------------------------------------------------------------------- writing archives
 
 
-def _write(model_dir: Path, location: Location, *, force: bool, name: str) -> None:
-    """Write the model folder as an archive at ``location``, in the layout its name asks for."""
-    file_name = posixpath.basename(location.path)
-    layout = get_layout(next((layout for ext, layout in _LAYOUT_OF_EXTENSION.items()
-                              if file_name.endswith(ext)), "mlflow"))
-    container = get_container(_container_of(file_name, layout.default_container))
-    if container.name not in layout.containers:
-        suggested = _stem(file_name) + layout.extension(CONTAINERS[layout.default_container])
-        raise UnsupportedError(f"a {layout.name} archive cannot be a {container.name} file; "
-                               f"name it {suggested}")
-    write_archive(snapshot_of_folder(model_dir, location.url, name=name), layout, container,
-                  location, force=force, show_progress=False)
-
-
-def _container_of(file_name: str, default: str) -> str:
-    if file_name.endswith(".tgz"):
-        return "tar.gz"
-    for container in sorted(CONTAINERS.values(), key=lambda c: -len(c.extension)):
-        if container.extension and file_name.endswith(container.extension):
-            return container.name
-    return default
-
-
-def snapshot_of_folder(model_dir: Path, destination: str, *, name: str) -> Snapshot:
-    """A snapshot of a plain local MLflow model folder: no registry entry or run to read, so
-    the metadata holds the MLmodel, the LoggedModel and run ids it names, and lineage."""
-    try:
-        mlmodel = yaml.safe_load((model_dir / MLMODEL).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise CorruptArchiveError(f"{model_dir / MLMODEL} is not readable YAML ({exc})") from exc
-    if not isinstance(mlmodel, dict):
-        raise CorruptArchiveError(f"{model_dir / MLMODEL} is not a YAML mapping")
-    import mlflow
-
-    from mlflow_archive_plugin import __version__
-    from mlflow_archive_plugin.mlflow_side.tracking import redact_uri
-
-    return Snapshot(
-        model_dir=model_dir,
-        mlmodel=mlmodel,
-        lineage=Lineage(
-            artifact_uri=redact_uri(destination),
-            exported_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            plugin_version=__version__,
-            mlflow_version=mlflow.__version__,
-        ),
-        logged_model=LoggedModelInfo(
-            model_id=str(mlmodel.get("model_id") or ""),
-            name=name,
-            source_run_id=str(mlmodel["run_id"]) if mlmodel.get("run_id") else None,
-        ),
-    )
-
-
 def _model_dirs(local: Path) -> list[Path]:
     """The topmost folders under ``local`` (itself included) that hold an MLmodel file."""
     found: list[Path] = []
@@ -935,12 +876,12 @@ def _model_dirs(local: Path) -> list[Path]:
 
 
 def _model_name(model_dir: Path) -> str:
+    from mlflow_archive_plugin.mlflow_side.source import read_mlmodel_file
+
     try:
-        mlmodel = yaml.safe_load((model_dir / MLMODEL).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return "model"
-    if not isinstance(mlmodel, dict):
-        return "model"
+        mlmodel = read_mlmodel_file(model_dir / MLMODEL)
+    except (OSError, ArchiveError):
+        return "model"  # writing the archive then says what is wrong with it
     return str(mlmodel.get("name") or mlmodel.get("artifact_path") or "model")
 
 
@@ -974,7 +915,7 @@ def _check_file_name(name: str) -> None:
 def _hidden(name: str) -> bool:
     """Names a listing never shows: the packed model and files still being written."""
     return (not name or name == PACKED_NAME or name.startswith(UPLOADING_PREFIX)
-            or bool(_PARTIAL.match(name)))
+            or bool(PARTIAL_NAME.match(name)))
 
 
 _UMASK_LOCK = threading.Lock()
@@ -1024,15 +965,6 @@ def _join(head: str, tail: str) -> str:
 
 def _relative_to(path: str, folder: str) -> str:
     return path[len(folder):].lstrip("/") if folder else path
-
-
-def _stem(file_name: str) -> str:
-    lowered = file_name.lower()
-    for extension in sorted({*(c.extension for c in CONTAINERS.values() if c.extension), ".tgz",
-                             *_LAYOUT_OF_EXTENSION}, key=len, reverse=True):
-        if extension and lowered.endswith(extension):
-            return file_name[:-len(extension)] or "model"
-    return file_name or "model"
 
 
 def _url_for(root: Location, path: str) -> str:

@@ -52,9 +52,13 @@ from mlflow.protos.databricks_pb2 import (
     RESOURCE_DOES_NOT_EXIST,
 )
 
-from mlflow_archive_plugin.errors import ArchiveError
-from mlflow_archive_plugin.formats import LAYOUTS
-from mlflow_archive_plugin.storage.containers import CONTAINERS
+from mlflow_archive_plugin.errors import ArchiveError, UnsupportedError
+from mlflow_archive_plugin.mlflow_side.archives import (
+    FORMATS,
+    check_format,
+    default_container,
+    format_containers,
+)
 from mlflow_archive_plugin.storage.location import Location, fetched, remote_errors, resolve
 
 TARGET_NAME = "archive"
@@ -122,10 +126,10 @@ def _reported(method: Callable[..., Any]) -> Callable[..., Any]:
 
 def target_help() -> str:
     """What ``mlflow deployments help -t archive`` prints: the URI forms and every -C key."""
-    formats = ", ".join(LAYOUTS)
+    formats = ", ".join(FORMATS)
     containers = "\n".join(
-        f"                       {name:10} {', '.join(layout.containers)}"
-        for name, layout in LAYOUTS.items()
+        f"                       {name:10} {', '.join(kinds)}"
+        for name, kinds in format_containers().items()
     )
     return f"""\
 Target "archive": deploy a model by writing it as a verified archive into a store.
@@ -670,16 +674,12 @@ def _checked_values(settings: dict[str, str]) -> dict[str, str]:
 
 
 def _check_value(key: str, value: str, settings: dict[str, str]) -> None:
-    if key == "format" and value not in LAYOUTS:
-        raise DeploymentError(f"unknown format {value!r}; choose one of: {', '.join(LAYOUTS)}")
-    if key == "container":
-        layout = LAYOUTS.get(settings.get("format") or DEFAULT_FORMAT)
-        if value not in CONTAINERS:
-            raise DeploymentError(f"unknown container {value!r}; choose one of: "
-                                  f"{', '.join(CONTAINERS)}")
-        if layout is not None and value not in layout.containers:
-            raise DeploymentError(f"format {layout.name!r} cannot use container {value!r}; "
-                                  f"choose one of: {', '.join(layout.containers)}")
+    if key in ("format", "container"):
+        format = settings.get("format") or DEFAULT_FORMAT
+        try:
+            check_format(format, settings.get("container") if key == "container" else None)
+        except UnsupportedError as exc:
+            raise DeploymentError(str(exc)) from None
     if key == "sign_key" and not Path(value).expanduser().is_file():
         raise DeploymentError(f"sign_key {value!r} is not a file; give the path of a PEM "
                               "elliptic-curve private key")
@@ -699,13 +699,14 @@ def _export_options(settings: dict[str, str]) -> dict[str, Any]:
     """export_model's keyword arguments for a deployment's settings. A format whose default
     container is a folder is deployed as a zip: one file is what a store keeps, replaces
     and hashes in one piece."""
-    layout = LAYOUTS[settings.get("format") or DEFAULT_FORMAT]
-    container = settings.get("container") or layout.default_container
+    format = settings.get("format") or DEFAULT_FORMAT
+    kinds = format_containers()[format]
+    container = settings.get("container") or default_container(format)
     if container == "folder" and "container" not in settings:
-        container = "zip" if "zip" in layout.containers else layout.containers[0]
+        container = "zip" if "zip" in kinds else kinds[0]
     sign_key = settings.get("sign_key")
     return {
-        "format": layout.name,
+        "format": format,
         "container": container,
         "sign_key": Path(sign_key).expanduser() if sign_key else None,
     }

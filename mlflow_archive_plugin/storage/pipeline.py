@@ -187,6 +187,19 @@ def pick_container(layout: Layout, name: str | None) -> Container:
     return chosen
 
 
+def container_named(path: str, layout: Layout) -> str | None:
+    """The container a file name asks for in ``layout`` (``m.tar.gz``, ``m.mar``), if any."""
+    if path.endswith(".tgz"):
+        return "tar.gz"
+    known = {c.extension: name for name, c in CONTAINERS.items() if c.extension}
+    known.update({layout.extension(CONTAINERS[name]): name for name in layout.containers})
+    known.update(layout.extra_extensions)
+    for extension, name in sorted(known.items(), key=lambda item: -len(item[0])):
+        if extension and path.endswith(extension):
+            return name
+    return None
+
+
 # File names that mark an archive rather than a plain file or folder: each container's own
 # extension plus the names the layouts give (.mar, .bentomodel, .mlarchive) and the aliases
 # people use (.tgz, .xz for a BentoML export), longest first.
