@@ -540,10 +540,12 @@ UNBOUNDED = {
     ("snapshot/document.py", "from_json"): "the fallback without a loader: a RecursionError "
                                            "becomes one line",
     # export: the source registry's records, not an archive's
-    ("formats/mlarchive/__init__.py", "_fields"): "the source model's signature, on export",
-    ("formats/mlarchive/__init__.py", "_tag_json"): "the source registry's tags, on export",
-    ("formats/portable/__init__.py", "_logged_example"): "the source model's input example, on export",
-    ("formats/portable/__init__.py", "run_example"): "the verdict our runner wrote (only with --run)",
+    ("formats/mlarchive/manifest.py", "_fields"): "the source model's signature, on export",
+    ("formats/mlarchive/manifest.py", "_tag_json"): "the source registry's tags, on export",
+    ("formats/portable/signature.py", "_logged_example"): "the source model's input example, "
+                                                          "on export",
+    ("formats/portable/predict_file.py", "run_example"): "the verdict our runner wrote (only "
+                                                         "with --run)",
     # The entry points may not import trust (tests/test_architecture.py); each of these runs
     # after storage.pipeline.read_snapshot, whose layout has just parsed the same file of the
     # same extraction within the limits (MLmodel, hooks, predict.py, manifests).
@@ -601,7 +603,7 @@ def test_every_parse_of_an_archive_document_goes_through_the_bounded_loaders():
 
 def test_the_site_finder_finds_a_parse():
     assert ("trust/parsing.py", "load_json", "json.loads") in parse_sites()
-    assert any(site[:2] == ("formats/mlarchive/__init__.py", "_fields") for site in parse_sites())
+    assert any(site[:2] == ("formats/mlarchive/manifest.py", "_fields") for site in parse_sites())
 
 
 def test_copied_files_never_import_the_package():
