@@ -46,8 +46,17 @@ def probe(uri: str) -> None:
     """Fail fast with one line if an HTTP tracking server cannot be reached at all."""
     if not uri.startswith(("http://", "https://")):
         return
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    # A dropped or refused connection may pass: tried up to four more times, 0.2 s, 0.4 s ...
+    # apart (MLflow's own client then retries every request it makes the same way).
+    session = requests.Session()
+    session.mount(uri, HTTPAdapter(max_retries=Retry(total=4, backoff_factor=0.2,
+                                                     status=0, allowed_methods=None)))
     try:
-        requests.get(uri.rstrip("/") + "/health", timeout=_PROBE_TIMEOUT_SECONDS)
+        with session:
+            session.get(uri.rstrip("/") + "/health", timeout=_PROBE_TIMEOUT_SECONDS)
     except requests.RequestException as exc:
         reason = type(exc).__name__
         raise TrackingServerError(

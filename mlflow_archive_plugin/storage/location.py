@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import posixpath
 import re
 import shutil
 import socket
 import tempfile
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -393,15 +395,13 @@ def fetched(location: Location) -> Iterator[Location]:
     if location.is_local:
         yield location
         return
-    with remote_errors(location, "read"):
-        if location.fs.isdir(location.path):
-            raise UnsupportedError(
-                f"{location.url} is a remote folder; download it or pack it as a zip first"
-            )
+    if retried(location, "read", location.fs.isdir, location.path):
+        raise UnsupportedError(
+            f"{location.url} is a remote folder; download it or pack it as a zip first"
+        )
     with tempfile.TemporaryDirectory(prefix="mlflow-archive-download-") as scratch:
         local = os.path.join(scratch, posixpath.basename(location.path.rstrip("/")) or "archive")
-        with remote_errors(location, "read"):
-            location.fs.get_file(location.path, local)
+        retried(location, "read", location.fs.get_file, location.path, local)
         yield Location(location.url, LocalFileSystem(), local, location.secrets)
 
 
@@ -410,8 +410,7 @@ def _spooled(location: Location) -> Iterator[BinaryIO]:
     """The file at ``location`` downloaded (streamed in blocks) into a temporary local file."""
     with tempfile.TemporaryDirectory(prefix="mlflow-archive-download-") as scratch:
         local = os.path.join(scratch, "archive")
-        with remote_errors(location, "read"):
-            location.fs.get_file(location.path, local)
+        retried(location, "read", location.fs.get_file, location.path, local)
         with open(local, "rb") as handle:
             yield handle
 
@@ -466,6 +465,56 @@ def remote_errors(location: Location, action: str) -> Iterator[None]:
         raise
     except Exception as exc:  # noqa: BLE001 - each file system raises its own kinds
         raise _failure(location, action, exc) from exc
+
+
+# How often a call that failed for a passing reason (a reset connection, a timeout, a 5xx or
+# 429 answer) is tried in all, and the first pause between tries (doubled after each).
+RETRY_ATTEMPTS = 5
+RETRY_FIRST_PAUSE = 0.25
+_TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE,
+                     errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
+# Exception classes of aiohttp, urllib3, http.client and botocore that mean the same.
+_TRANSIENT_CLASSES = {"ClientConnectionError", "ClientPayloadError", "ServerTimeoutError",
+                      "IncompleteRead", "ProtocolError", "ReadTimeoutError",
+                      "EndpointConnectionError", "ConnectionClosedError", "RemoteDisconnected"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says a remote call failed for a reason that may pass: a dropped or
+    refused connection, a timeout, a server error (5xx) or too many requests (429)."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    status = getattr(exc, "status", None)
+    if not isinstance(status, int):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int) and (status >= 500 or status == 429):
+        return True
+    return any(kind.__name__ in _TRANSIENT_CLASSES for kind in type(exc).__mro__)
+
+
+def retried(location: Location, action: str, call: Callable[..., Any], *args: Any,
+            **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)`` on ``location``'s file system, tried again after a pause when
+    it fails for a passing reason (:func:`is_transient`), up to ``RETRY_ATTEMPTS`` times in
+    all; a lasting failure is the one-line error of :func:`remote_errors`, saying how many
+    times it was tried."""
+    pause = RETRY_FIRST_PAUSE
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return call(*args, **kwargs)
+        except ArchiveError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - each file system raises its own kinds
+            if attempt == RETRY_ATTEMPTS or not is_transient(exc):
+                failure = _failure(location, action, exc)
+                if attempt > 1:
+                    failure = type(failure)(f"{failure} (tried {attempt} times)")
+                raise failure from exc
+        time.sleep(pause)
+        pause *= 2
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _failure(location: Location, action: str, exc: BaseException) -> ArchiveError:
