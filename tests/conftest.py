@@ -297,13 +297,19 @@ def _session_working_directory(tmp_path_factory) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _restore_global_tracking_uri() -> Iterator[None]:
-    """Whatever a test (or the code under test) does, the next test starts from the same URIs."""
-    saved_env = {k: os.environ.get(k) for k in _URI_VARS}
+    """Whatever a test (or the code under test) does, the next test starts from the same URIs
+    and the same active experiment (``mlflow.set_experiment`` is process-global too)."""
+    from mlflow.tracking import fluent
+
+    saved_env = {k: os.environ.get(k) for k in (*_URI_VARS, "MLFLOW_EXPERIMENT_ID",
+                                                 "MLFLOW_EXPERIMENT_NAME")}
     saved_tracking = _tracking_utils._tracking_uri
     saved_registry = _registry_utils._registry_uri
+    saved_experiment = fluent._active_experiment_id
     yield
     _tracking_utils._tracking_uri = saved_tracking
     _registry_utils._registry_uri = saved_registry
+    fluent._active_experiment_id = saved_experiment
     for key, value in saved_env.items():
         if value is None:
             os.environ.pop(key, None)

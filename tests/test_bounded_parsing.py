@@ -551,6 +551,8 @@ UNBOUNDED = {
     # same extraction within the limits (MLmodel, hooks, predict.py, manifests).
     ("plugins/pyfunc.py", "_defines"): "hooks/*.py and predict.py, parsed by the layout",
     ("plugins/flavor.py", "_read_consumer_manifest"): "manifests, parsed by the layout",
+    # the user's own MLFLOW_ARCHIVE_STORAGE_OPTIONS, not a document of an archive
+    ("plugins/artifact_uris.py", "storage_options"): "the user's environment variable",
 }
 # Files copied into archives and run where this package is not installed.
 STANDALONE = ("formats/mlsteam/", "formats/portable_predict.py", "formats/mar_handler.py")

@@ -51,8 +51,7 @@ def log_model(tracking_uri: str, **metadata) -> tuple[str, Path]:
     the local folder its artifacts lie in."""
     client = MlflowClient(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment_id=sandbox_experiment(tracking_uri))
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=sandbox_experiment(tracking_uri)) as run:
         info = mlflow.pyfunc.log_model(name="model", python_model=Echo(),
                                        pip_requirements=["mlflow"], metadata=metadata or None)
     logged = client.get_logged_model(info.model_id)
@@ -215,8 +214,7 @@ def test_the_api_refuses_an_escaping_link_from_a_runs_uri(store):
     sandbox, uri = store
     client = MlflowClient(uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=sandbox_experiment(uri))
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=sandbox_experiment(uri)) as run:
         mlflow.log_text("hello", "model/MLmodel_placeholder.txt")
     root = Path(client.get_run(run.info.run_id).info.artifact_uri.removeprefix("file://"))
     folder = root / "model"
@@ -266,9 +264,9 @@ def secret_model(server_a):
     metadata hold URIs with secrets."""
     client = MlflowClient(server_a.url)
     mlflow.set_tracking_uri(server_a.url)
-    mlflow.set_experiment(unique("secrets"))
+    experiment = client.create_experiment(unique("secrets"))
     name = unique("secretive")
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_param("feature_store", WITH_PASSWORD)
         mlflow.set_tag("training_data", SIGNED)
         mlflow.set_tag("homepage", "https://example.test/models?author=me&design=round")

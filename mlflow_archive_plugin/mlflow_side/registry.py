@@ -11,6 +11,7 @@ same archive deletes what such a killed import left. What MLflow does not let a 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -398,16 +399,19 @@ def _log_metrics(client, run_id: str | None, snapshot: Snapshot, model_id: str) 
         (p["key"], p["value"], p["step"], p["timestamp"]): p
         for p in (snapshot.logged_model.metrics if snapshot.logged_model else [])
     }
-    metrics = []
-    for key, history in (snapshot.run.metrics if snapshot.run else {}).items():
-        for point in history:
-            identity = (key, point["value"], point["step"], point["timestamp"])
-            linked = model_points.pop(identity, None)
-            metrics.append(_metric(key, point, model_id if linked else None, linked))
-    for (key, *_), point in model_points.items():
-        metrics.append(_metric(key, point, model_id, point))
-    for start in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=metrics[start:start + _MAX_METRICS_PER_BATCH])
+
+    def points() -> Iterator[Metric]:  # made one batch at a time, never all at once
+        for key, history in (snapshot.run.metrics if snapshot.run else {}).items():
+            for point in history:
+                identity = (key, point["value"], point["step"], point["timestamp"])
+                linked = model_points.pop(identity, None)
+                yield _metric(key, point, model_id if linked else None, linked)
+        for (key, *_), point in model_points.items():
+            yield _metric(key, point, model_id, point)
+
+    pending = points()
+    while batch := list(itertools.islice(pending, _MAX_METRICS_PER_BATCH)):
+        client.log_batch(run_id, metrics=batch)
 
 
 def _metric(key: str, point: dict, model_id: str | None, linked: dict | None) -> Metric:

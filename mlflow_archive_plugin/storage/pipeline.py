@@ -391,7 +391,11 @@ def _check_listing(location: Location, listing: list[Listed], limits: ReadLimits
     if staging is None:
         return True
     if expect_model:
-        names = {entry.name for entry in listing}
+        try:  # as the reader will name them (``./model.yaml`` is ``model.yaml``)
+            names = {safe_entry_name(entry.name) for entry in listing}
+        except UnsafeArchiveError:
+            names = None  # the reader refuses the entry itself, naming its rule
+    if expect_model and names is not None:
         prefix = _wrapper_prefix(names)
         try:
             detect_layout({name.removeprefix(prefix) for name in names},
