@@ -23,7 +23,7 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from conftest import assert_user_error, cli, sha256_file, unique
+from conftest import assert_user_error, cli, global_tracking_uri, sha256_file, unique
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
@@ -263,10 +263,10 @@ def secret_model(server_a):
     """A registered version on a real server whose tags, params, description and MLmodel
     metadata hold URIs with secrets."""
     client = MlflowClient(server_a.url)
-    mlflow.set_tracking_uri(server_a.url)
     experiment = client.create_experiment(unique("secrets"))
     name = unique("secretive")
-    with mlflow.start_run(experiment_id=experiment) as run:
+    # a module fixture runs before the per-test restore: the global URI is put back here
+    with global_tracking_uri(server_a.url), mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_param("feature_store", WITH_PASSWORD)
         mlflow.set_tag("training_data", SIGNED)
         mlflow.set_tag("homepage", "https://example.test/models?author=me&design=round")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import child_env, cli, unique
+from conftest import child_env, cli, global_tracking_uri, unique
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from s3_server import moto_s3_in_environment
@@ -45,8 +45,8 @@ def big_model(tmp_path_factory):
             handle.write(os.urandom(1024**2))
     experiment = MlflowClient(uri).create_experiment(
         unique("big"), artifact_location=(root / "artifacts").as_uri())
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(experiment_id=experiment):
+    # a module fixture runs before the per-test restore: the global URI is put back here
+    with global_tracking_uri(uri), mlflow.start_run(experiment_id=experiment):
         info = mlflow.pyfunc.log_model(name="model", python_model=_Echo(),
                                        artifacts={"weights": str(weights)},
                                        pip_requirements=["mlflow"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import assert_user_error, cli, registry_census, unique
+from conftest import assert_user_error, cli, global_tracking_uri, registry_census, unique
 
 SMALL_DISK = 100 * 1024**2
 GIB = 1024**3
@@ -143,8 +143,8 @@ def big_model_archive(tmp_path_factory) -> tuple[Path, str]:
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment(unique("big"),
                                           artifact_location=(root / "artifacts").as_uri())
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(experiment_id=experiment):
+    # a module fixture runs before the per-test restore: the global URI is put back here
+    with global_tracking_uri(uri), mlflow.start_run(experiment_id=experiment):
         info = mlflow.pyfunc.log_model(name="model", python_model=_Echo(),
                                        artifacts={"weights": str(weights)},
                                        pip_requirements=["mlflow"])
