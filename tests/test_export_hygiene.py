@@ -317,9 +317,9 @@ def test_only_the_uris_of_mlmodel_change_and_every_other_file_is_identical(
     from mlflow_archive_plugin import export_model
 
     client = MlflowClient(secret_model["plain_tracking_uri"])
-    source = Path(mlflow.artifacts.download_artifacts(
-        secret_model["uri"], dst_path=str(tmp_path / "source"),
-        tracking_uri=secret_model["plain_tracking_uri"]))
+    with global_tracking_uri(secret_model["plain_tracking_uri"]):  # models:/ needs the registry
+        source = Path(mlflow.artifacts.download_artifacts(
+            secret_model["uri"], dst_path=str(tmp_path / "source")))
     del client
     result = export_model(secret_model["uri"], tmp_path / "out", container="folder",
                           tracking_uri=secret_model["plain_tracking_uri"], progress=False)
