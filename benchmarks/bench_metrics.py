@@ -23,28 +23,35 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import child_env, run_measured  # noqa: E402
 
-_LOG_BATCH = r"""
+# Both children log the same points the same way: 10 metrics, batches of 1,000.
+_FLOOD = r"""
+from mlflow.entities import Metric
+
+
+def flood(client, run_id, points):
+    batch = []
+    for i in range(points):
+        batch.append(Metric(f"m{i % 10}", float(i), 1_700_000_000_000 + i, i // 10))
+        if len(batch) == 1000:
+            client.log_batch(run_id, metrics=batch)
+            batch = []
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+"""
+
+_LOG_BATCH = _FLOOD + r"""
 import sys
 from mlflow import MlflowClient
-from mlflow.entities import Metric
 uri, points = sys.argv[1], int(sys.argv[2])
 client = MlflowClient(uri)
 run = client.create_run(client.create_experiment("baseline"))
-batch = []
-for i in range(points):
-    batch.append(Metric(f"m{i % 10}", float(i), 1_700_000_000_000 + i, i // 10))
-    if len(batch) == 1000:
-        client.log_batch(run.info.run_id, metrics=batch)
-        batch = []
-if batch:
-    client.log_batch(run.info.run_id, metrics=batch)
+flood(client, run.info.run_id, points)
 """
 
-_SOURCE = r"""
+_SOURCE = _FLOOD + r"""
 import sys
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric
 uri, points, artifacts, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 client = MlflowClient(uri)
 experiment = client.create_experiment("flood", artifact_location=artifacts)
@@ -55,14 +62,7 @@ class Echo(mlflow.pyfunc.PythonModel):
 
 mlflow.set_tracking_uri(uri)
 with mlflow.start_run(experiment_id=experiment) as run:
-    batch = []
-    for i in range(points):
-        batch.append(Metric(f"m{i % 10}", float(i), 1_700_000_000_000 + i, i // 10))
-        if len(batch) == 1000:
-            client.log_batch(run.info.run_id, metrics=batch)
-            batch = []
-    if batch:
-        client.log_batch(run.info.run_id, metrics=batch)
+    flood(client, run.info.run_id, points)
     info = mlflow.pyfunc.log_model(name="model", python_model=Echo(),
                                    pip_requirements=["mlflow"])
 from mlflow_archive_plugin import export_model
