@@ -402,7 +402,8 @@ def inspect_command(source, as_json, max_members, max_size, max_ratio, storage_o
         f"  model {registered.get('name', '-')} version {version.get('version', '-')}"
         f"  aliases {', '.join(version.get('aliases') or []) or '-'}",
         f"  run {run.get('run_name', '-')} ({len(run.get('params') or {})} params, "
-        f"{len(run.get('metrics') or {})} metrics)",
+        f"{len(run.get('metrics') or (run.get('metric_history') or {}).get('keys') or {})}"
+        " metrics)",
         f"  flavors {', '.join(sorted((meta.get('mlmodel') or {}).get('flavors') or {})) or '-'}",
         f"  digest {info.digest or '-'}, {_signed_state(info)}",
         *[f"  {f['sha256'][:12]}  {f['size']:>12}  {f['path']}" for f in info.files],

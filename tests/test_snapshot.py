@@ -114,10 +114,35 @@ def test_round_trip_of_a_minimal_snapshot_keeps_absent_sections_absent():
     assert restored.registered_model is None and restored.run is None
 
 
-def test_to_json_is_utf8_with_the_format_and_schema_version():
-    doc = json.loads(full_snapshot().to_json().decode("utf-8"))
+def test_to_json_is_utf8_with_the_format_and_the_oldest_schema_version_that_describes_it():
+    snapshot = full_snapshot()
+    doc = json.loads(snapshot.to_json().decode("utf-8"))
     assert doc["format"] == "mlflow-archive"
-    assert doc["schema_version"] == SCHEMA_VERSION
+    assert doc["schema_version"] == 1  # the history is inline: readers of version 1 read it
+    snapshot.run.metrics = {}
+    snapshot.run.metric_history = {"path": "mlflow-archive-metrics.jsonl", "points": 1,
+                                   "keys": {"loss": {"value": 1.0, "step": 0, "timestamp": 10,
+                                                     "points": 1}}}
+    doc = json.loads(snapshot.to_json().decode("utf-8"))
+    assert doc["schema_version"] == SCHEMA_VERSION == 2
+    restored = Snapshot.from_json(snapshot.to_json(), MODEL_DIR)
+    assert restored.metrics_file == MODEL_DIR / "mlflow-archive-metrics.jsonl"
+    assert restored.run.latest_metrics() == {"loss": {"value": 1.0, "step": 0,
+                                                      "timestamp": 10, "points": 1}}
+
+
+@pytest.mark.parametrize("summary", [
+    {"path": "../escape.jsonl", "points": 0, "keys": {}},
+    {"path": "mlflow-archive-metrics.jsonl", "points": "1", "keys": {}},
+    {"path": "mlflow-archive-metrics.jsonl", "points": 1, "keys": {"k": {"value": 1}}},
+    [],
+], ids=["path", "points", "key-summary", "not-an-object"])
+def test_a_malformed_metric_history_summary_is_refused(summary):
+    snapshot = full_snapshot()
+    doc = json.loads(snapshot.to_json().decode("utf-8"))
+    doc["run"]["metric_history"] = summary
+    with pytest.raises(CorruptArchiveError, match="malformed"):
+        Snapshot.from_json(json.dumps(doc).encode(), MODEL_DIR)
 
 
 def test_snapshot_read_back_from_a_written_archive_equals_the_original(tmp_path):

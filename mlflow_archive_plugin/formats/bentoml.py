@@ -158,12 +158,8 @@ def model_yaml(snapshot: Snapshot) -> dict[str, Any]:
 def _latest_metrics(snapshot: Snapshot) -> dict[str, float]:
     if snapshot.run is None:
         return {}
-    latest = {}
-    for key, history in snapshot.run.metrics.items():
-        if history:
-            point = max(history, key=lambda p: (p["step"], p["timestamp"]))
-            latest[key] = float(point["value"])
-    return latest
+    return {key: float(point["value"])
+            for key, point in snapshot.run.latest_metrics().items()}
 
 
 class BentomlLayout(Layout):

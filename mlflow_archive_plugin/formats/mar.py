@@ -17,6 +17,7 @@ from mlflow_archive_plugin.formats.base import Entry, Layout
 from mlflow_archive_plugin.formats.mlflow import model_files
 from mlflow_archive_plugin.snapshot import (
     METADATA_NAME,
+    METRICS_NAME,
     LoggedModelInfo,
     ModelVersionInfo,
     RegisteredModelInfo,
@@ -95,7 +96,7 @@ class MarLayout(Layout):
                     "rename it"
                 )
             entries.append(Entry(arcname, source=source))
-        for reserved in (METADATA_NAME, "checksum.txt"):
+        for reserved in (METADATA_NAME, METRICS_NAME, "checksum.txt"):
             if reserved.casefold() in {entry.arcname.casefold() for entry in entries}:
                 raise UnsupportedError(f"an extra file is named {reserved}, which the plugin "
                                        "writes itself; rename it")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from mlflow_archive_plugin.mlflow_side.tracking import (
     resolve_tracking_uri,
 )
 from mlflow_archive_plugin.snapshot import Snapshot
+from mlflow_archive_plugin.snapshot.metrics import read_points
 from mlflow_archive_plugin.storage.extents import Extent, materialize
 
 DIGEST_TAG = "mlflow_archive.digest"
@@ -110,6 +112,7 @@ def register(
     target = name or snapshot.display_name
     tracking_uri = resolve_tracking_uri(tracking_uri)
     _check_unread_first(tracking_uri, extents or {})
+    _check_metric_history(snapshot)
     client = connect(tracking_uri, registry_uri)
     with mlflow_errors(f"cannot import into registered model {target!r}"):
         imported = _versions_with_digest(client, digest)
@@ -396,15 +399,18 @@ def _log_metrics(client, run_id: str | None, snapshot: Snapshot, model_id: str) 
     if run_id is None:
         return
     model_points = {
-        (p["key"], p["value"], p["step"], p["timestamp"]): p
+        _identity(p["key"], p): p
         for p in (snapshot.logged_model.metrics if snapshot.logged_model else [])
     }
 
     def points() -> Iterator[Metric]:  # made one batch at a time, never all at once
+        if snapshot.run is not None and snapshot.run.metric_history is not None:
+            for point in read_points(snapshot.metrics_file, snapshot.run.metric_history):
+                linked = _linked(model_points, point["key"], point)
+                yield _metric(point["key"], point, model_id if linked else None, linked)
         for key, history in (snapshot.run.metrics if snapshot.run else {}).items():
             for point in history:
-                identity = (key, point["value"], point["step"], point["timestamp"])
-                linked = model_points.pop(identity, None)
+                linked = _linked(model_points, key, point)
                 yield _metric(key, point, model_id if linked else None, linked)
         for (key, *_), point in model_points.items():
             yield _metric(key, point, model_id, point)
@@ -412,6 +418,20 @@ def _log_metrics(client, run_id: str | None, snapshot: Snapshot, model_id: str) 
     pending = points()
     while batch := list(itertools.islice(pending, _MAX_METRICS_PER_BATCH)):
         client.log_batch(run_id, metrics=batch)
+
+
+def _linked(model_points: dict, key: str, point: dict) -> dict | None:
+    """The logged model's copy of a run's point, taken out of ``model_points``. MLflow
+    reports a NaN on a LoggedModel as 0.0, so a NaN point also matches a 0.0 copy."""
+    linked = model_points.pop(_identity(key, point), None)
+    if linked is None and math.isnan(float(point["value"])):
+        linked = model_points.pop(_identity(key, {**point, "value": 0.0}), None)
+    return linked
+
+
+def _identity(key: str, point: dict) -> tuple:
+    """A point as a dictionary key; repr() makes a NaN equal to another NaN."""
+    return key, repr(float(point["value"])), int(point["step"]), int(point["timestamp"])
 
 
 def _metric(key: str, point: dict, model_id: str | None, linked: dict | None) -> Metric:
@@ -452,6 +472,15 @@ def _check_unread_first(tracking_uri: str, extents: dict[Path, Extent]) -> None:
     the run and LoggedModel made so far."""
     if extents and not tracking_uri.startswith(("http:", "https:")):
         materialize(extents)
+
+
+def _check_metric_history(snapshot: Snapshot) -> None:
+    """Read the metric history file through once before the registry is touched: a bad
+    line refused half way through the replay would leave a deleted run behind."""
+    run = snapshot.run
+    if run is not None and run.metric_history is not None:
+        for _ in read_points(snapshot.metrics_file, run.metric_history):
+            pass
 
 
 def _finish_run(client, run_id: str | None, snapshot: Snapshot) -> None:

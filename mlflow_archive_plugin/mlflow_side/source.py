@@ -34,6 +34,7 @@ from mlflow_archive_plugin.mlflow_side.tracking import (
     resolve_tracking_uri,
 )
 from mlflow_archive_plugin.snapshot import (
+    METRICS_NAME,
     Lineage,
     LoggedModelInfo,
     ModelVersionInfo,
@@ -41,6 +42,7 @@ from mlflow_archive_plugin.snapshot import (
     RunInfo,
     Snapshot,
 )
+from mlflow_archive_plugin.snapshot.metrics import MetricWriter
 from mlflow_archive_plugin.storage.location import redact_data, redact_uri, secret_uris
 from mlflow_archive_plugin.trust.parsing import load_mlmodel, load_yaml
 
@@ -48,6 +50,8 @@ _LOGGED_MODEL = re.compile(r"^models:/(m-[0-9a-f]+)/?$")
 _BY_ALIAS = re.compile(r"^models:/([^/@]+)@([^/]+)/?$")
 _BY_VERSION = re.compile(r"^models:/([^/@]+)/([^/]+)/?$")
 _RUNS = re.compile(r"^runs:/([^/]+)/(.+?)/?$")
+# Metric points fetched per request at export (MLflow's server pages its metric history).
+_METRIC_PAGE = 25_000
 
 
 def read_model(
@@ -86,7 +90,8 @@ def read_model(
             or (logged.source_run_id if logged is not None else None)
             or ((match := _RUNS.match(model_uri)) and match.group(1))
         )
-        run = _run(client, run_id) if run_id else None
+        metrics_file = download_dir.with_name(f"{download_dir.name}-{METRICS_NAME}")
+        run = _run(client, run_id, metrics_file) if run_id else None
         if logged is not None and run is not None:
             logged_info = _logged_info(logged)
             logged_info.run_output_step = _output_step(client, run.run_id, logged.model_id)
@@ -119,6 +124,7 @@ def read_model(
         logged_model=_redacted(logged_info),
         run=_redacted(run),
         deferred=deferred,
+        metrics_file=metrics_file if run is not None and run.metric_history else None,
     )
 
 
@@ -270,7 +276,9 @@ def _metric_point(metric) -> dict:
     return point
 
 
-def _run(client: MlflowClient, run_id: str) -> RunInfo | None:
+def _run(client: MlflowClient, run_id: str, metrics_file: Path) -> RunInfo | None:
+    """The run, its metric history written to ``metrics_file`` one page at a time (a run
+    may hold millions of points; none is kept in memory)."""
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
@@ -278,13 +286,10 @@ def _run(client: MlflowClient, run_id: str) -> RunInfo | None:
             return None  # the run was deleted; the model is still worth exporting
         raise
     experiment = client.get_experiment(run.info.experiment_id)
-    history = {
-        key: [
-            {"value": m.value, "step": m.step, "timestamp": m.timestamp}
-            for m in client.get_metric_history(run_id, key)
-        ]
-        for key in sorted(run.data.metrics)
-    }
+    with MetricWriter(metrics_file) as history:
+        for key in sorted(run.data.metrics):
+            for m in _metric_history(client, run_id, key):
+                history.add(key, m.value, m.step, m.timestamp)
     return RunInfo(
         run_id=run.info.run_id,
         run_name=run.info.run_name,
@@ -296,8 +301,25 @@ def _run(client: MlflowClient, run_id: str) -> RunInfo | None:
         user_id=run.info.user_id or None,
         params=dict(run.data.params),
         tags=dict(run.data.tags),
-        metrics=history,
+        metric_history=history.summary() if history.points else None,
     )
+
+
+def _metric_history(client: MlflowClient, run_id: str, key: str):
+    """A metric's points, fetched a page at a time where the store pages (MLflow's client
+    returns the whole history as one list)."""
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if store is None:
+        yield from client.get_metric_history(run_id, key)
+        return
+    token = None
+    while True:
+        page = store.get_metric_history(run_id, key, max_results=_METRIC_PAGE,
+                                        page_token=token)
+        yield from page
+        token = getattr(page, "token", None)
+        if not token:
+            return
 
 
 def _local_model_dir(files_uri: str) -> Path | None:

@@ -14,11 +14,13 @@ from mlflow_archive_plugin.snapshot.document import (
     RunInfo,
     Snapshot,
 )
+from mlflow_archive_plugin.snapshot.metrics import METRICS_NAME, is_metrics_name
 from mlflow_archive_plugin.snapshot.records import FileRecord, safe_entry_name
 
 __all__ = [
     "DOCUMENT_FORMAT",
     "METADATA_NAME",
+    "METRICS_NAME",
     "SCHEMA_VERSION",
     "FileRecord",
     "Lineage",
@@ -27,5 +29,6 @@ __all__ = [
     "RegisteredModelInfo",
     "RunInfo",
     "Snapshot",
+    "is_metrics_name",
     "safe_entry_name",
 ]

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_archive_plugin.errors import CorruptArchiveError, UnsafeArchiveError
+from mlflow_archive_plugin.snapshot.metrics import check_point, check_summary, latest_of
 from mlflow_archive_plugin.snapshot.records import FileRecord, safe_entry_name
 
 METADATA_NAME = "mlflow-archive.json"
-SCHEMA_VERSION = 1
+# The newest version this plugin reads. A document is written with the oldest version that
+# describes it: 2 only when a run's metric history sits in its own file (``metric_history``),
+# which readers of version 1 would silently drop.
+SCHEMA_VERSION = 2
 DOCUMENT_FORMAT = "mlflow-archive"
 
 
@@ -73,7 +77,9 @@ class LoggedModelInfo:
 
 @dataclass
 class RunInfo:
-    """The source run; ``metrics`` maps each key to its full history of points."""
+    """The source run; ``metrics`` maps each key to its full history of points, or, when
+    the history is in its own file (see ``snapshot.metrics``), is empty and
+    ``metric_history`` summarises that file."""
 
     run_id: str
     run_name: str | None = None
@@ -86,6 +92,17 @@ class RunInfo:
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    metric_history: dict[str, Any] | None = None
+
+    def latest_metrics(self) -> dict[str, dict[str, Any]]:
+        """Each key's latest point (value, step, timestamp) and its count of ``points``."""
+        if self.metric_history is not None:
+            return dict(self.metric_history["keys"])
+        latest = {}
+        for key, history in self.metrics.items():
+            if history:
+                latest[key] = {**latest_of(history), "points": len(history)}
+        return latest
 
 
 @dataclass
@@ -129,6 +146,9 @@ class Snapshot:
     # model_dir is a placeholder of the file's size; the archive writer streams the file from
     # the server instead (see ``served.py``).
     deferred: dict[Path, Any] = field(default_factory=dict)
+    # Never in the document: the file of the run's metric history (``run.metric_history``),
+    # written by export, found beside the document by import.
+    metrics_file: Path | None = None
     # Import only, never in the document: what reading the archive could not keep, one line
     # each, reported with the import's warnings.
     warnings: list[str] = field(default_factory=list)
@@ -159,9 +179,11 @@ class Snapshot:
         one does (so a reader that knows one model per archive reads that one), and lists
         all of them under ``models``.
         """
+        external = any(member.run is not None and member.run.metric_history is not None
+                       for member in self.members)
         document = {
             "format": DOCUMENT_FORMAT,
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": 2 if external else 1,
             **self._model_document(),
             "files": [record.to_dict() for record in self.files],
         }
@@ -275,9 +297,11 @@ class Snapshot:
                 model_path=model_path,
             )
             _check_values(snapshot)
-            return snapshot
         except (KeyError, TypeError, ValueError) as exc:
             raise _malformed(f"a field has the wrong shape ({exc})") from exc
+        if snapshot.run is not None and snapshot.run.metric_history is not None:
+            snapshot.metrics_file = model_dir / snapshot.run.metric_history["path"]
+        return snapshot
 
 
 def _check_values(snapshot: Snapshot) -> None:
@@ -289,25 +313,18 @@ def _check_values(snapshot: Snapshot) -> None:
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
                 raise TypeError(f"{type(section).__name__}.{field_name} must map text to text")
     if snapshot.run is not None:
+        if snapshot.run.metric_history is not None:
+            check_summary(snapshot.run.metric_history)
         for key, history in snapshot.run.metrics.items():
             if not isinstance(history, list):
                 raise TypeError(f"run metric {key!r} history is not a list")
             for point in history:
-                _check_point(point)
+                check_point(point)
     if snapshot.logged_model is not None:
         for point in snapshot.logged_model.metrics:
-            _check_point(point)
+            check_point(point)
             if not isinstance(point.get("key"), str):
                 raise TypeError("a logged-model metric point has no text 'key'")
-
-
-def _check_point(point: Any) -> None:
-    if not isinstance(point, dict):
-        raise TypeError("a metric point is not an object")
-    for name, kinds in (("value", (int, float)), ("step", int), ("timestamp", int)):
-        value = point.get(name)
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            raise TypeError(f"a metric point's {name!r} is not a number")
 
 
 def _as_dict(section: Any) -> dict[str, Any] | None:

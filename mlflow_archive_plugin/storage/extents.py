@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from mlflow_archive_plugin.errors import IntegrityError
+from mlflow_archive_plugin.snapshot import is_metrics_name
 from mlflow_archive_plugin.storage.integrity import CHUNK_SIZE, Sha256Behind
 
 # Entries at least this large are left in place, unless their suffix marks a document that
@@ -37,7 +38,8 @@ def stays_in_place(name: str, size: int) -> bool:
     import, on the server on export) rather than copied to disk first."""
     return (size >= IN_PLACE_MIN_BYTES
             and PurePosixPath(name).suffix.lower() not in _DOCUMENT_SUFFIXES
-            and PurePosixPath(name).name != "MLmodel")
+            and PurePosixPath(name).name != "MLmodel"
+            and not is_metrics_name(PurePosixPath(name).name))
 
 
 @dataclass(frozen=True)

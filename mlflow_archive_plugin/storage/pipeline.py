@@ -261,6 +261,12 @@ def write_archive(
             for entry in [*entries, *extra]
         ]
         snapshot.files = records[:len(entries)]
+        for member in snapshot.members:  # each run's metric history, streamed as a file
+            if member.metrics_file is not None and member.run is not None \
+                    and member.run.metric_history is not None:
+                name = member.run.metric_history["path"]
+                records.append(dataclasses.replace(
+                    writer.add_file(prefix + name, member.metrics_file, on_bytes), path=name))
         metadata = snapshot.to_json()
         writer.add_bytes(prefix + METADATA_NAME, metadata)
         records.append(FileRecord.of_bytes(METADATA_NAME, metadata))

@@ -115,10 +115,8 @@ def _lineage(snapshot: Snapshot) -> list[tuple[str, str | None]]:
 def _metric_rows(snapshot: Snapshot) -> list[list[str]]:
     run_rows = []
     if snapshot.run is not None:
-        for key, history in sorted(snapshot.run.metrics.items()):
-            if history:
-                point = max(history, key=lambda p: (p["step"], p["timestamp"]))
-                run_rows.append((key, _number(point["value"]), str(point["step"])))
+        for key, point in sorted(snapshot.run.latest_metrics().items()):
+            run_rows.append((key, _number(point["value"]), str(point["step"])))
     latest: dict[str, dict[str, Any]] = {}
     for point in snapshot.logged_model.metrics if snapshot.logged_model else []:
         known = latest.get(point["key"])
