@@ -192,3 +192,32 @@ def test_the_listing_check_leaves_a_real_model_archive_readable(big_model_archiv
     report = verify_archive(archive, progress=False, tmp_dir=tmp_path,
                             limits=ReadLimits(max_ratio=1e6))
     assert report.ok, report.problems
+
+
+def test_an_export_larger_than_the_destinations_free_space_is_refused(
+        big_model_archive, small_tmp, tmp_path):
+    _, uri = big_model_archive
+    client = mlflow.MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (logged,) = client.search_logged_models(experiments)
+    line = assert_user_error(cli("export", f"models:/{logged.model_id}", "-o",
+                                 str(small_tmp / "big.zip"), "--tracking-uri", uri,
+                                 cwd=tmp_path))
+    assert "144.0 MiB" in line and "100.0 MiB free" in line, line
+    assert os.listdir(small_tmp) == []
+
+
+def test_an_import_larger_than_the_artifact_stores_free_space_is_refused(
+        big_model_archive, small_tmp, tmp_path):
+    archive, _ = big_model_archive
+    registry = f"sqlite:///{tmp_path / 'target.db'}"
+    experiment = unique("cramped")
+    mlflow.MlflowClient(registry).create_experiment(experiment,
+                                                    artifact_location=small_tmp.as_uri())
+    before = registry_census(registry)
+    line = assert_user_error(cli("import", str(archive), "--experiment", experiment,
+                                 "--tracking-uri", registry, "--max-ratio", "1e6",
+                                 cwd=tmp_path, timeout=300))
+    assert "144.0 MiB" in line and "100.0 MiB free" in line and "--experiment" in line, line
+    assert registry_census(registry) == before
+    assert os.listdir(small_tmp) == []

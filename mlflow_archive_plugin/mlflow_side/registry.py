@@ -15,6 +15,8 @@ import itertools
 import json
 import math
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,8 @@ from mlflow_archive_plugin.mlflow_side.tracking import (
 from mlflow_archive_plugin.snapshot import Snapshot
 from mlflow_archive_plugin.snapshot.metrics import read_points
 from mlflow_archive_plugin.storage.extents import Extent, materialize
+from mlflow_archive_plugin.storage.location import resolve
+from mlflow_archive_plugin.storage.pipeline import check_free_space
 
 DIGEST_TAG = "mlflow_archive.digest"
 # On the run and logged model of an import until its version exists (value: the digest), so
@@ -115,6 +119,7 @@ def register(
     _check_metric_history(snapshot)
     client = connect(tracking_uri, registry_uri)
     with mlflow_errors(f"cannot import into registered model {target!r}"):
+        _check_artifact_space(client, experiment or target, snapshot.model_dir)
         imported = _versions_with_digest(client, digest)
         existing = min((v for v in imported if v.name == target), key=lambda v: int(v.version),
                        default=None)
@@ -472,6 +477,23 @@ def _check_unread_first(tracking_uri: str, extents: dict[Path, Extent]) -> None:
     the run and LoggedModel made so far."""
     if extents and not tracking_uri.startswith(("http:", "https:")):
         materialize(extents)
+
+
+def _check_artifact_space(client, experiment: str, model_dir: Path) -> None:
+    """Refuse, before the registry changes, model files that a local artifact store (the
+    experiment's, or the store's default root for a new one) has no room for. A server's
+    own store is out of sight: its room is not checked."""
+    found = client.get_experiment_by_name(experiment)
+    root = (found.artifact_location if found is not None
+            else getattr(getattr(client._tracking_client, "store", None), "artifact_root_uri",
+                         None))
+    parsed = urllib.parse.urlparse(root or "")
+    if not root or parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
+        return
+    folder = urllib.request.url2pathname(parsed.path) if parsed.scheme == "file" else root
+    needed = sum(path.stat().st_size for path in model_dir.rglob("*") if path.is_file())
+    check_free_space(resolve(folder), needed, "upload the model to",
+                     "import into an experiment whose artifact location has room (--experiment)")
 
 
 def _check_metric_history(snapshot: Snapshot) -> None:

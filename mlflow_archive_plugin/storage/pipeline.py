@@ -243,6 +243,9 @@ def write_archive(
         with open(path, "rb") as handle:
             measured.append(hash_stream(handle))
 
+    metrics_size = sum(member.metrics_file.stat().st_size for member in snapshot.members
+                       if member.metrics_file is not None)
+    check_free_space(location, total + metrics_size, "export to")
     publisher = (publish_folder(location, force) if container.is_folder
                  else publish_file(location, force, on_complete=measure))
     with (
@@ -419,6 +422,22 @@ def _check_listing(location: Location, listing: list[Listed], limits: ReadLimits
             f"{staging.parent}, which has {_size_text(free)} free; free some space there or "
             "choose another folder (--tmp-dir, or TMPDIR)")
     return True
+
+
+def check_free_space(location: Location, needed: int, doing: str,
+                     fix: str = "choose another destination") -> None:
+    """Refuse, before writing, ``needed`` bytes (at most; compression only shrinks them) to a
+    local destination whose file system has less free (a remote store's room is unknown)."""
+    if not location.is_local:
+        return
+    folder = Path(location.path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if needed + DISK_MARGIN_BYTES > free:
+        raise InsufficientSpaceError(
+            f"cannot {doing} {location.url}: the model's files take {_size_text(needed)}, and "
+            f"{folder} has {_size_text(free)} free; free some space there or {fix}")
 
 
 def _size_text(size: int) -> str:
