@@ -550,7 +550,7 @@ def inspect_archive(
     with _extracted(location, False, limits, keep_going=True, in_place="verified") as (
             root, scanned):
         findings = scan_pickles(root, extents=scanned.extents_under(root))
-        metadata = _parse_metadata(scanned.captured.get(METADATA_NAME))
+        metadata = _parse_metadata(scanned.captured.get(METADATA_NAME), root)
         if metadata:
             layout = str(metadata.get("layout", "unknown"))
         else:
@@ -649,10 +649,14 @@ def _signature_state(root: Path, scanned: Scanned, key: str | os.PathLike | None
         f"them, since whoever can change the archive can rewrite {CHECKSUM_NAME} too", []
 
 
-def _parse_metadata(raw: bytes | None) -> dict[str, Any] | None:
+def _parse_metadata(raw: bytes | None, root: Path) -> dict[str, Any] | None:
+    """The document as inspect shows it, the export note's facts back in its lineage."""
     if raw is None:
         return None
-    return parse_metadata(raw, Path(".")).to_document()
+    snapshot = parse_metadata(raw, root)
+    document = snapshot.to_document()
+    document["lineage"] = dataclasses.asdict(snapshot.lineage)
+    return document
 
 
 @dataclass

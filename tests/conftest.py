@@ -75,6 +75,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+EXPORT_NOTE = "mlflow-archive-export.json"
+
+
+def digest_of(checksums: bytes) -> str:
+    """An archive's digest as the README defines it: SHA-256 of its checksum.txt without the
+    line of the export note (``grep -v '  mlflow-archive-export.json$' | sha256sum``)."""
+    kept = [line for line in checksums.splitlines(keepends=True)
+            if line.rstrip(b"\n") [-len(EXPORT_NOTE) - 2:] != f"  {EXPORT_NOTE}".encode()]
+    return hashlib.sha256(b"".join(kept)).hexdigest()
+
+
 def tree_hashes(root: Path) -> dict[str, str]:
     """relative POSIX path -> sha256 of every regular file below ``root``."""
     root = Path(root)

@@ -539,6 +539,8 @@ UNBOUNDED = {
     ("plugins/flavor.py", "_json_safe"): "json.loads(json.dumps(...)) of a value in memory",
     ("snapshot/document.py", "from_json"): "the fallback without a loader: a RecursionError "
                                            "becomes one line",
+    ("snapshot/metrics.py", "_parsed"): "one line of the metric history, at most 4 KiB (checked "
+                                        "first); a RecursionError becomes one line",
     # export: the source registry's records, not an archive's
     ("formats/mlarchive/manifest.py", "_fields"): "the source model's signature, on export",
     ("formats/mlarchive/manifest.py", "_tag_json"): "the source registry's tags, on export",

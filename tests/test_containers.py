@@ -28,6 +28,9 @@ from mlflow_archive_plugin.errors import (
     UnsupportedError,
 )
 from mlflow_archive_plugin.snapshot import (
+    EXPORT_NOTE_NAME as EXPORT_NOTE,
+)
+from mlflow_archive_plugin.snapshot import (
     METADATA_NAME,
     ModelVersionInfo,
     RegisteredModelInfo,
@@ -246,7 +249,7 @@ def test_archive_extracts_to_the_same_names_and_bytes(written, model_dir, out, n
     path, _ = written[name]
     scanned = scan(path, extract_to=out)
     extracted = tree(out)
-    expected_names = {*source_files(model_dir), METADATA_NAME, CHECKSUM_NAME}
+    expected_names = {*source_files(model_dir), METADATA_NAME, EXPORT_NOTE, CHECKSUM_NAME}
     assert set(extracted) == expected_names
     assert set(scanned.records) == expected_names
     for arcname, data in source_files(model_dir).items():

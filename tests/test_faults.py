@@ -21,7 +21,6 @@ random weights) is logged once on server_a; the module's exports and imports all
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -42,6 +41,7 @@ from conftest import (
     CHECKSUM_FILE,
     child_env,
     cli,
+    digest_of,
     download_model,
     global_tracking_uri,
     register_iris_model,
@@ -179,7 +179,7 @@ def archive_model_files(archive: Path) -> dict[str, tuple[int, str]]:
 
 def archive_digest(archive: Path) -> str:
     with zipfile.ZipFile(archive) as zf:
-        return hashlib.sha256(zf.read(CHECKSUM_FILE)).hexdigest()
+        return digest_of(zf.read(CHECKSUM_FILE))
 
 
 def listed_files(client: MlflowClient, model_id: str, path: str | None = None) -> dict[str, int]:

@@ -144,11 +144,15 @@ def test_clean_keeps_what_a_live_process_or_a_recent_foreign_one_writes(tmp_path
     old = time.time() - 3 * 3600
     for path in (foreign, legacy):
         os.utime(path, (old, old))
-    proc = cli("clean", str(out), "--older-than", "2", "--dry-run", cwd=tmp_path)
+    # the temporary folder is the test's own: another process's leftovers in TMPDIR
+    # (a killed run's) are not this test's to count or remove
+    proc = cli("clean", str(out), "--older-than", "2", "--dry-run", "--tmp-dir", str(tmp_path),
+               cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("would remove") == 2, proc.stdout
     assert foreign.exists() and legacy.exists()
-    proc = cli("clean", str(out), "--older-than", "2", cwd=tmp_path)
+    proc = cli("clean", str(out), "--older-than", "2", "--tmp-dir", str(tmp_path),
+               cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted([live.name, unrelated.name])
 

@@ -96,7 +96,7 @@ def test_the_history_is_a_file_beside_the_document_listed_in_checksums(exported,
     lines = (exported / METRICS).read_text("utf-8").splitlines()
     assert len(lines) == LOSS_POINTS + len(SPECIAL) + 1
     document = json.loads((exported / "mlflow-archive.json").read_text("utf-8"))
-    assert document["schema_version"] == 2
+    assert document["schema_version"] == 3
     assert document["run"]["metrics"] == {}
     summary = document["run"]["metric_history"]
     assert summary["path"] == METRICS and summary["points"] == len(lines)
@@ -151,7 +151,8 @@ def test_an_inline_history_of_schema_1_still_imports(exported, flooded, servers,
      "names a key mlflow-archive.json does not list"),
     (lambda lines: _first_loss(lines, '"step": 0', '"step": "zero"'),
      "'step' is not a number"),
-], ids=["garbage-line", "point-missing", "unlisted-key", "text-step"])
+    (lambda lines: lines[:3] + ["[" * 3000] + lines[4:], f"{METRICS} line 4 is not a metric"),
+], ids=["garbage-line", "point-missing", "unlisted-key", "text-step", "nested-too-deep"])
 def test_a_history_unlike_its_summary_is_refused_before_the_registry_changes(
         exported, servers, tmp_path, damage, says):
     damaged = tmp_path / "damaged"

@@ -238,11 +238,12 @@ def test_manifest_is_the_first_zip_entry_then_models_then_hooks(plain):
     result, _ = plain
     names = zipfile.ZipFile(result.location).namelist()
     assert names[0] == "manifest.json"
-    assert names[-2:] == [METADATA_FILE, CHECKSUM_FILE]
+    assert names[-4:] == ["mlflow-archive-metrics.jsonl", "mlflow-archive-export.json",
+                          METADATA_FILE, CHECKSUM_FILE]
     model_entries = [name for name in names if name.startswith("models/")]
     assert "models/MLmodel" in model_entries and "models/model.skops" in model_entries
     assert names[1:1 + len(model_entries)] == model_entries
-    assert names[1 + len(model_entries):-2] == list(HOOK_FILES)
+    assert names[1 + len(model_entries):-4] == list(HOOK_FILES)
 
 
 def test_models_folder_is_the_mlflow_model_byte_for_byte(plain, encrypted):

@@ -19,6 +19,7 @@ import pytest
 from conftest import (
     CHECKSUM_FILE,
     METADATA_FILE,
+    digest_of,
     download_model,
     load_and_predict,
     tree_hashes,
@@ -124,9 +125,12 @@ def test_export_result_size_and_sha256_describe_the_archive_bytes(exported):
         assert result.sha256 == hashlib.sha256(location.read_bytes()).hexdigest()
 
 
-def test_export_result_digest_is_sha256_of_checksum_txt(exported):
+def test_export_result_digest_is_sha256_of_checksum_txt_without_the_export_note(exported):
     _, result, root = exported
-    assert result.digest == hashlib.sha256((root / CHECKSUM_FILE).read_bytes()).hexdigest()
+    checksums = (root / CHECKSUM_FILE).read_bytes()
+    assert b"  mlflow-archive-export.json\n" in checksums
+    assert result.digest == digest_of(checksums)
+    assert result.digest != hashlib.sha256(checksums).hexdigest()
 
 
 def test_export_result_file_count_matches_files_in_archive(exported):
@@ -182,7 +186,10 @@ def test_inspect_archive_reports_layout_container_digest_and_metadata(exported):
     container, result, root = exported
     info = inspect_archive(result.location)
     assert (info.layout, info.container, info.digest) == ("mlflow", container, result.digest)
-    assert info.metadata == json.loads((root / METADATA_FILE).read_text(encoding="utf-8"))
+    document = json.loads((root / METADATA_FILE).read_text(encoding="utf-8"))
+    # inspect puts the export note's facts back into the lineage it shows
+    document["lineage"].update(json.loads((root / "mlflow-archive-export.json").read_text()))
+    assert info.metadata == document
 
 
 def test_inspect_archive_file_list_matches_archive_bytes(exported):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from mlflow_archive_plugin import formats as layouts
 from mlflow_archive_plugin.errors import CorruptArchiveError
 from mlflow_archive_plugin.snapshot import (
+    EXPORT_NOTE_NAME,
     METADATA_NAME,
     SCHEMA_VERSION,
     Lineage,
@@ -102,9 +104,30 @@ def assert_malformed(data: bytes, *fragments: str) -> None:
 # --------------------------------------------------------------------------- round trip
 
 
+def documented(snapshot: Snapshot) -> Snapshot:
+    """What the document alone carries: the export facts are in the export note."""
+    lineage = dataclasses.replace(snapshot.lineage, exported_at=None, plugin_version=None,
+                                  mlflow_version=None)
+    return dataclasses.replace(snapshot, lineage=lineage)
+
+
 def test_to_json_then_from_json_gives_an_equal_snapshot():
     original = full_snapshot()
-    assert Snapshot.from_json(original.to_json(), MODEL_DIR) == original
+    restored = Snapshot.from_json(original.to_json(), MODEL_DIR)
+    assert restored == documented(original)
+    restored.read_export_note(json.loads(original.export_note()))
+    assert restored == original
+
+
+def test_the_export_facts_are_in_the_note_not_the_document():
+    original = full_snapshot()
+    lineage = json.loads(original.to_json())["lineage"]
+    assert not {"exported_at", "plugin_version", "mlflow_version"} & set(lineage)
+    assert json.loads(original.export_note()) == {
+        "exported_at": "2025-01-02T03:04:05Z", "plugin_version": "0.1.0",
+        "mlflow_version": "3.1.0"}
+    with pytest.raises(CorruptArchiveError, match="'exported_at' is not text"):
+        original.read_export_note({"exported_at": 5})
 
 
 def test_round_trip_of_a_minimal_snapshot_keeps_absent_sections_absent():
@@ -114,17 +137,15 @@ def test_round_trip_of_a_minimal_snapshot_keeps_absent_sections_absent():
     assert restored.registered_model is None and restored.run is None
 
 
-def test_to_json_is_utf8_with_the_format_and_the_oldest_schema_version_that_describes_it():
+def test_to_json_is_utf8_with_the_format_and_schema_version():
     snapshot = full_snapshot()
     doc = json.loads(snapshot.to_json().decode("utf-8"))
     assert doc["format"] == "mlflow-archive"
-    assert doc["schema_version"] == 1  # the history is inline: readers of version 1 read it
+    assert doc["schema_version"] == SCHEMA_VERSION == 3
     snapshot.run.metrics = {}
     snapshot.run.metric_history = {"path": "mlflow-archive-metrics.jsonl", "points": 1,
                                    "keys": {"loss": {"value": 1.0, "step": 0, "timestamp": 10,
                                                      "points": 1}}}
-    doc = json.loads(snapshot.to_json().decode("utf-8"))
-    assert doc["schema_version"] == SCHEMA_VERSION == 2
     restored = Snapshot.from_json(snapshot.to_json(), MODEL_DIR)
     assert restored.metrics_file == MODEL_DIR / "mlflow-archive-metrics.jsonl"
     assert restored.run.latest_metrics() == {"loss": {"value": 1.0, "step": 0,
@@ -164,7 +185,8 @@ def test_snapshot_read_back_from_a_written_archive_equals_the_original(tmp_path)
     out.mkdir()
     scanned = archive.scan_archive(location.resolve(target), extract_to=out, show_progress=False)
     restored = archive.read_snapshot(out, scanned)
-    assert restored.files == [r for r in written.records if r.path != METADATA_NAME]
+    assert restored.files == [r for r in written.records
+                              if r.path not in (METADATA_NAME, EXPORT_NOTE_NAME)]
     original.model_dir = out / "model"
     assert restored == original
 
@@ -262,7 +284,7 @@ def test_an_empty_model_path_is_corrupt():
 def test_unknown_top_level_keys_are_ignored():
     doc = document()
     doc["future_feature"] = {"anything": [1, 2, 3]}
-    assert parse(doc) == full_snapshot()
+    assert parse(doc) == documented(full_snapshot())
 
 
 def test_unknown_keys_inside_sections_are_ignored():
@@ -271,7 +293,7 @@ def test_unknown_keys_inside_sections_are_ignored():
     doc["run"]["dataset_inputs"] = [{"name": "train"}]
     doc["lineage"]["signed_by"] = "ci"
     doc["files"][0]["mode"] = "0644"
-    assert parse(doc) == full_snapshot()
+    assert parse(doc) == documented(full_snapshot())
 
 
 def test_null_sections_are_read_as_absent():

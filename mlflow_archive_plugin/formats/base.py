@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow_archive_plugin.errors import UnsupportedError
-from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
+from mlflow_archive_plugin.snapshot import EXPORT_NOTE_NAME, METADATA_NAME, Snapshot
 from mlflow_archive_plugin.trust.parsing import load_json
 
 if TYPE_CHECKING:
@@ -37,7 +37,16 @@ def read_metadata(root: Path) -> Snapshot:
 def parse_metadata(raw: bytes, root: Path) -> Snapshot:
     """The bytes of ``mlflow-archive.json`` as a Snapshot of the files at ``root``, parsed
     within the limits of :func:`~mlflow_archive_plugin.trust.parsing.load_json`."""
-    return Snapshot.from_json(raw, root, load=_load_metadata)
+    snapshot = Snapshot.from_json(raw, root, load=_load_metadata)
+    note = root / EXPORT_NOTE_NAME
+    if note.is_file():
+        snapshot.read_export_note(load_json(note.read_bytes(), what=EXPORT_NOTE_NAME,
+                                            max_bytes=_NOTE_MAX_BYTES))
+    return snapshot
+
+
+# The export note holds three short strings.
+_NOTE_MAX_BYTES = 64 * 1024
 
 
 def _load_metadata(data: bytes) -> Any:

@@ -8,6 +8,7 @@ MLflow model under ``model/`` through ``mlflow.pyfunc``, the model's pinned
 
 from __future__ import annotations
 
+import datetime
 import re
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,12 @@ class MarLayout(Layout):
             if reserved.casefold() in {entry.arcname.casefold() for entry in entries}:
                 raise UnsupportedError(f"an extra file is named {reserved}, which the plugin "
                                        "writes itself; rename it")
-        entries.append(Entry(MANIFEST_PATH, data=render_manifest(generate_manifest(config))))
+        manifest = generate_manifest(config)
+        created = _created_ms(snapshot)
+        if created is not None:  # the model's time, not the export's: same version, same bytes
+            manifest["createdOn"] = (datetime.datetime.fromtimestamp(created / 1000, datetime.UTC)
+                                     .strftime("%d/%m/%Y %H:%M:%S"))
+        entries.append(Entry(MANIFEST_PATH, data=render_manifest(manifest)))
         return entries
 
     @staticmethod
@@ -163,6 +169,17 @@ class MarLayout(Layout):
             layout=self.name,
             foreign_manifest=manifest,
         )
+
+
+def _created_ms(snapshot: Snapshot) -> int | None:
+    """When the registry says the model was made: the version's, the LoggedModel's, or the
+    run's start time, in epoch milliseconds."""
+    for value in (snapshot.model_version and snapshot.model_version.creation_timestamp,
+                  snapshot.logged_model and snapshot.logged_model.creation_timestamp,
+                  snapshot.run and snapshot.run.start_time):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _comma_list(value: Any) -> str | None:

@@ -5,6 +5,7 @@ Every other part reads or writes this shape; it imports nothing of the package b
 
 from mlflow_archive_plugin.snapshot.document import (
     DOCUMENT_FORMAT,
+    EXPORT_NOTE_NAME,
     METADATA_NAME,
     SCHEMA_VERSION,
     Lineage,
@@ -19,6 +20,7 @@ from mlflow_archive_plugin.snapshot.records import FileRecord, safe_entry_name
 
 __all__ = [
     "DOCUMENT_FORMAT",
+    "EXPORT_NOTE_NAME",
     "METADATA_NAME",
     "METRICS_NAME",
     "SCHEMA_VERSION",

@@ -20,10 +20,14 @@ from mlflow_archive_plugin.snapshot.metrics import check_point, check_summary, l
 from mlflow_archive_plugin.snapshot.records import FileRecord, safe_entry_name
 
 METADATA_NAME = "mlflow-archive.json"
-# The newest version this plugin reads. A document is written with the oldest version that
-# describes it: 2 only when a run's metric history sits in its own file (``metric_history``),
-# which readers of version 1 would silently drop.
-SCHEMA_VERSION = 2
+# Facts about one export, not about the model (when, by which plugin and MLflow): a file of
+# their own, which the archive's digest leaves out, so two exports of the same version have
+# one digest (and import recognises the second).
+EXPORT_NOTE_NAME = "mlflow-archive-export.json"
+_EXPORT_FACTS = ("exported_at", "plugin_version", "mlflow_version")
+# Version 2: a run's metric history may sit in its own file (``metric_history``).
+# Version 3: the export facts sit in EXPORT_NOTE_NAME, outside the digest.
+SCHEMA_VERSION = 3
 DOCUMENT_FORMAT = "mlflow-archive"
 
 
@@ -179,11 +183,9 @@ class Snapshot:
         one does (so a reader that knows one model per archive reads that one), and lists
         all of them under ``models``.
         """
-        external = any(member.run is not None and member.run.metric_history is not None
-                       for member in self.members)
         document = {
             "format": DOCUMENT_FORMAT,
-            "schema_version": 2 if external else 1,
+            "schema_version": SCHEMA_VERSION,
             **self._model_document(),
             "files": [record.to_dict() for record in self.files],
         }
@@ -202,12 +204,30 @@ class Snapshot:
             "logged_model": _as_dict(self.logged_model),
             "run": _as_dict(self.run),
             "mlmodel": self.mlmodel,
-            "lineage": dataclasses.asdict(self.lineage),
+            "lineage": {key: value for key, value in dataclasses.asdict(self.lineage).items()
+                        if key not in _EXPORT_FACTS},
         }
 
     def to_json(self) -> bytes:
         """The document as UTF-8 JSON, indented so a person can read it."""
         return (json.dumps(self.to_document(), indent=2, default=str) + "\n").encode("utf-8")
+
+    def export_note(self) -> bytes:
+        """``mlflow-archive-export.json``: when this export was made, and by what."""
+        facts = {key: getattr(self.lineage, key) for key in _EXPORT_FACTS}
+        return (json.dumps(facts, indent=2) + "\n").encode("utf-8")
+
+    def read_export_note(self, document: Any) -> None:
+        """Take the export facts from a parsed ``mlflow-archive-export.json``."""
+        if not isinstance(document, dict):
+            raise _malformed(f"{EXPORT_NOTE_NAME} is not an object")
+        for member in self.members:
+            for key in _EXPORT_FACTS:
+                value = document.get(key)
+                if value is not None and not isinstance(value, str):
+                    raise _malformed(f"{EXPORT_NOTE_NAME}: {key!r} is not text")
+                if value is not None:
+                    setattr(member.lineage, key, value)
 
     @classmethod
     def from_json(cls, data: bytes, model_dir: Path, *,

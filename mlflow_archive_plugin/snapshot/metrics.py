@@ -143,6 +143,8 @@ def _parsed(line: bytes, name: str, number: int, summary: dict[str, Any]) -> dic
         check_point(point)
     except (ValueError, TypeError) as exc:
         raise _bad(name, number, f"is not a metric point ({exc})") from None
+    except RecursionError:  # a 4 KiB line of brackets nests past the parser's limit
+        raise _bad(name, number, "is not a metric point (it nests too deeply)") from None
     if not isinstance(point.get("key"), str) or point["key"] not in summary["keys"]:
         raise _bad(name, number, "names a key mlflow-archive.json does not list")
     return point

@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from mlflow_archive_plugin.errors import CorruptArchiveError
+from mlflow_archive_plugin.snapshot.document import EXPORT_NOTE_NAME
 from mlflow_archive_plugin.snapshot.records import FileRecord
 
 CHECKSUM_NAME = "checksum.txt"
@@ -133,8 +134,16 @@ def parse_checksums(data: bytes) -> dict[str, str]:
 
 
 def content_digest(checksum_bytes: bytes) -> str:
-    """The archive's content digest: SHA-256 of its ``checksum.txt``."""
-    return hashlib.sha256(checksum_bytes).hexdigest()
+    """The archive's content digest: SHA-256 of its ``checksum.txt`` without the line of
+    ``mlflow-archive-export.json`` (when, and by what, it was exported), so that exporting
+    the same model twice gives one digest. By hand:
+    ``grep -v '  mlflow-archive-export.json$' checksum.txt | sha256sum``."""
+    kept = b"".join(line for line in checksum_bytes.splitlines(keepends=True)
+                    if line.rstrip(b"\r\n").partition(b"  ")[2] != _EXPORT_NOTE)
+    return hashlib.sha256(kept).hexdigest()
+
+
+_EXPORT_NOTE = EXPORT_NOTE_NAME.encode("utf-8")
 
 
 def compare(expected: Mapping[str, str], actual: Mapping[str, FileRecord]) -> list[str]:

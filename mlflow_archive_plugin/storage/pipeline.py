@@ -25,7 +25,7 @@ from mlflow_archive_plugin.errors import (
     UnsupportedError,
 )
 from mlflow_archive_plugin.formats import Entry, Layout, detect_layout
-from mlflow_archive_plugin.snapshot import METADATA_NAME, Snapshot
+from mlflow_archive_plugin.snapshot import EXPORT_NOTE_NAME, METADATA_NAME, Snapshot
 from mlflow_archive_plugin.storage.containers import (
     CONTAINERS,
     Container,
@@ -270,6 +270,9 @@ def write_archive(
                 name = member.run.metric_history["path"]
                 records.append(dataclasses.replace(
                     writer.add_file(prefix + name, member.metrics_file, on_bytes), path=name))
+        note = snapshot.export_note()
+        writer.add_bytes(prefix + EXPORT_NOTE_NAME, note)
+        records.append(FileRecord.of_bytes(EXPORT_NOTE_NAME, note))
         metadata = snapshot.to_json()
         writer.add_bytes(prefix + METADATA_NAME, metadata)
         records.append(FileRecord.of_bytes(METADATA_NAME, metadata))

@@ -106,7 +106,6 @@ def _lineage(snapshot: Snapshot) -> list[tuple[str, str | None]]:
         ("Exported from", f"`{lineage.model_uri}`" if lineage.model_uri else None),
         ("Tracking server", f"`{lineage.source_tracking_uri}`"
          if lineage.source_tracking_uri else None),
-        ("Exported at", lineage.exported_at),
         ("Exported by", f"mlflow-archive-plugin {lineage.plugin_version}"
          if lineage.plugin_version else None),
     ]
