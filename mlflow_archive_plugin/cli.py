@@ -314,7 +314,8 @@ def export_command(model_uris, dest, fmt, container, force, tracking_uri, as_jso
 @cli.command("import")
 @click.argument("source")
 @click.option("--name", help="Register under this name instead of the archive's.")
-@click.option("--experiment", help="Experiment for the recreated run (default: the model name).")
+@click.option("--experiment", help="Experiment for the recreated run (default: the source "
+              "run's experiment, by name; else the model name).")
 @click.option("--on-exists", type=click.Choice(ON_EXISTS_CHOICES), default="reuse",
               show_default=True, help="What to do when this archive was imported before.")
 @click.option("--no-aliases", is_flag=True, help="Do not set the archive's aliases.")

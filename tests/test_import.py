@@ -46,6 +46,9 @@ def import_to_b(rich_zip, server_b, target_name):
 
     def run(**options):
         options.setdefault("name", target_name)
+        # The test's own experiment, so its runs are counted alone (the default, the source
+        # run's experiment, is shared by every import of the rich model).
+        options.setdefault("experiment", target_name)
         return import_archive(rich_zip.location, tracking_uri=server_b.url, **options)
 
     return run
@@ -118,12 +121,38 @@ def test_no_aliases_sets_none(import_to_b, server_b, target_name):
     assert client.get_registered_model(target_name).aliases == {}
 
 
-def test_default_experiment_is_named_after_model(import_to_b, server_b, target_name):
-    result = import_to_b()
+def test_default_experiment_is_the_source_runs_by_name(import_to_b, server_b, rich_model):
+    result = import_to_b(experiment=None)
     client = client_for(server_b.url)
+    source = client_for(rich_model.url).get_experiment(rich_model.experiment_id)
     assert client.get_experiment(client.get_run(result.run_id).info.experiment_id).name == (
-        target_name
+        source.name
     )
+
+
+def test_an_archive_without_a_run_goes_to_an_experiment_named_after_the_model(
+        server_b, tmp_path):
+    from mlflow_archive_plugin import formats, import_archive
+    from mlflow_archive_plugin.snapshot import Snapshot
+    from mlflow_archive_plugin.storage import containers, location, pipeline
+
+    model_dir = tmp_path / "bare"
+    mlflow.pyfunc.save_model(model_dir, python_model=_Echo(), pip_requirements=["mlflow"])
+    archive = tmp_path / "runless.zip"
+    pipeline.write_archive(Snapshot(model_dir=model_dir, mlmodel={"flavors": {}}),
+                           formats.get_layout("mlflow"), containers.get_container("zip"),
+                           location.resolve(archive), show_progress=False)
+    name = unique("runless")
+    result = import_archive(archive, name=name, tracking_uri=server_b.url, progress=False)
+    client = client_for(server_b.url)
+    assert result.run_id is None
+    logged = client.get_logged_model(result.model_id)
+    assert client.get_experiment(logged.experiment_id).name == name
+
+
+class _Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
 
 
 def test_experiment_option_chooses_experiment(import_to_b, server_b):

@@ -373,7 +373,8 @@ def test_a_damaged_large_entry_fails_the_import_as_it_uploads_and_undoes_it(
     client = mlflow.MlflowClient(server_b.url, server_b.url)
     before = registry_census(server_b.url)
     with pytest.raises(IntegrityError) as raised:
-        api.import_archive(str(damaged), name=name, tracking_uri=server_b.url, progress=False)
+        api.import_archive(str(damaged), name=name, experiment=name, tracking_uri=server_b.url,
+                           progress=False)
     assert "weights.bin" in str(raised.value) and "\n" not in str(raised.value)
     after = registry_census(server_b.url)
     assert after["model_versions"] == before["model_versions"]

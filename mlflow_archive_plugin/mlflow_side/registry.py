@@ -149,7 +149,10 @@ def register(
 
 def _create_all(client, created, snapshot, digest, target, experiment, aliases,
                 imported, extents) -> Registered:
-    experiment_id = _experiment_id(client, experiment or target)
+    source_experiment = snapshot.run.experiment_name if snapshot.run is not None else None
+    experiment_id = _experiment_id(client, experiment or source_experiment or target)
+    if snapshot.run is not None:
+        _add_experiment_tags(client, experiment_id, snapshot.run.experiment_tags)
     _remove_killed_imports(client, experiment_id, digest, imported)
     run_id = _create_run(client, created, snapshot, experiment_id, digest)
     model_id = _create_logged_model(client, created, snapshot, experiment_id, run_id, digest)
@@ -173,6 +176,8 @@ def _create_all(client, created, snapshot, digest, target, experiment, aliases,
         [{"name": target, "version": int(version.version)}]
     )})
     _unmark(client, run_id, model_id)
+    if run_id is not None and snapshot.run.lifecycle_stage == "deleted":
+        client.delete_run(run_id)  # as the source run is: recreated in full, then deleted
     warnings = []
     if aliases and snapshot.model_version is not None:
         warnings = _set_free_aliases(client, target, str(version.version),
@@ -369,6 +374,15 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
             f"experiment {name!r} is deleted; restore it or pass --experiment with another name"
         )
     return found.experiment_id
+
+
+def _add_experiment_tags(client, experiment_id: str, tags: dict[str, str]) -> None:
+    """The source experiment's tags (its description among them) that the target's lacks;
+    a tag the target set itself is left as it is."""
+    present = client.get_experiment(experiment_id).tags or {}
+    for key, value in tags.items():
+        if key not in present:
+            client.set_experiment_tag(experiment_id, key, value)
 
 
 def _source_tags(pairs: dict[str, object]) -> dict[str, str]:

@@ -295,6 +295,8 @@ def _run(client: MlflowClient, run_id: str, metrics_file: Path) -> RunInfo | Non
         run_name=run.info.run_name,
         experiment_id=run.info.experiment_id,
         experiment_name=experiment.name if experiment is not None else None,
+        experiment_tags=dict(experiment.tags or {}) if experiment is not None else {},
+        lifecycle_stage=run.info.lifecycle_stage,
         status=run.info.status,
         start_time=run.info.start_time,
         end_time=run.info.end_time,

@@ -97,6 +97,10 @@ class RunInfo:
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     metric_history: dict[str, Any] | None = None
+    # "active" or "deleted": import deletes the recreated run of a deleted one.
+    lifecycle_stage: str | None = None
+    # The experiment's tags, its description (``mlflow.note.content``) among them.
+    experiment_tags: dict[str, str] = field(default_factory=dict)
 
     def latest_metrics(self) -> dict[str, dict[str, Any]]:
         """Each key's latest point (value, step, timestamp) and its count of ``points``."""
@@ -328,7 +332,7 @@ def _check_values(snapshot: Snapshot) -> None:
     """Import replays these into MLflow; a wrong type must fail here, before anything exists."""
     for section in (snapshot.registered_model, snapshot.model_version, snapshot.logged_model,
                     snapshot.run):
-        for field_name in ("tags", "params"):
+        for field_name in ("tags", "params", "experiment_tags"):
             values = getattr(section, field_name, None) or {}
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
                 raise TypeError(f"{type(section).__name__}.{field_name} must map text to text")

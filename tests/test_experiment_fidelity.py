@@ -1,0 +1,114 @@
+"""The experiment and the run's lifecycle move with the version (issue 18, items 3 and 5).
+
+Import recreates the source experiment by name (its tags and its description,
+``mlflow.note.content``, with it) instead of one named after the model, and a version whose
+source run was deleted gets a deleted run on the target. Real servers on loopback.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from conftest import global_tracking_uri, start_mlflow_server, unique
+from mlflow import MlflowClient
+
+from mlflow_archive_plugin import export_model, import_archive
+
+NOTE = "mlflow.note.content"
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    source = start_mlflow_server(tmp_path_factory.mktemp("experiment-a"))
+    target = start_mlflow_server(tmp_path_factory.mktemp("experiment-b"))
+    yield source, target
+    source.stop()
+    target.stop()
+
+
+@pytest.fixture(scope="module")
+def source_versions(servers, tmp_path_factory):
+    """Two versions in an experiment with tags and a description: version 1's run is
+    active, version 2's run was deleted after registering. Both exported."""
+    url = servers[0].url
+    client = MlflowClient(url, url)
+    experiment_name = unique("Ünïcode experiment")
+    experiment = client.create_experiment(
+        experiment_name, tags={"team": "vision", NOTE: "Trained on **all** the data."})
+    name = unique("lifecycle")
+    run_ids = []
+    with global_tracking_uri(url):
+        for _ in range(2):
+            with mlflow.start_run(experiment_id=experiment) as run:
+                mlflow.log_param("p", "1")
+                mlflow.pyfunc.log_model(name="model", python_model=Echo(),
+                                        pip_requirements=["mlflow"],
+                                        registered_model_name=name)
+                run_ids.append(run.info.run_id)
+    client.delete_run(run_ids[1])
+    out = tmp_path_factory.mktemp("experiment-archives")
+    archives = [export_model(f"models:/{name}/{v}", out, tracking_uri=url,
+                             progress=False).location for v in ("1", "2")]
+    return experiment_name, run_ids, archives
+
+
+def test_import_recreates_the_source_experiment_with_its_tags_and_description(
+        servers, source_versions):
+    experiment_name, _, archives = source_versions
+    target = MlflowClient(servers[1].url, servers[1].url)
+    imported = import_archive(archives[0], name=unique("moved"), tracking_uri=servers[1].url,
+                              progress=False)
+    experiment = target.get_experiment(target.get_run(imported.run_id).info.experiment_id)
+    assert experiment.name == experiment_name
+    assert experiment.tags["team"] == "vision"
+    assert experiment.tags[NOTE] == "Trained on **all** the data."
+
+
+def test_tags_the_target_experiment_already_has_are_kept(servers, source_versions):
+    """The target's own changes win: only tags it lacks are added."""
+    experiment_name, _, archives = source_versions
+    target = MlflowClient(servers[1].url, servers[1].url)
+    experiment = target.get_experiment_by_name(experiment_name)
+    experiment_id = (experiment.experiment_id if experiment is not None
+                     else target.create_experiment(experiment_name))
+    target.set_experiment_tag(experiment_id, "team", "nlp")
+    if NOTE in target.get_experiment(experiment_id).tags:
+        target.delete_experiment_tag(experiment_id, NOTE)
+    import_archive(archives[0], name=unique("kept"), tracking_uri=servers[1].url,
+                   on_exists="new", progress=False)
+    tags = target.get_experiment(experiment_id).tags
+    assert tags["team"] == "nlp"
+    assert tags[NOTE] == "Trained on **all** the data."
+
+
+def test_the_experiment_option_still_chooses(servers, source_versions):
+    _, _, archives = source_versions
+    chosen = unique("chosen")
+    target = MlflowClient(servers[1].url, servers[1].url)
+    imported = import_archive(archives[0], name=unique("chosen-model"), experiment=chosen,
+                              tracking_uri=servers[1].url, progress=False)
+    assert target.get_experiment(target.get_run(imported.run_id).info.experiment_id).name \
+        == chosen
+
+
+def test_a_deleted_source_run_arrives_deleted(servers, source_versions):
+    _, run_ids, archives = source_versions
+    source = MlflowClient(servers[0].url, servers[0].url)
+    assert source.get_run(run_ids[1]).info.lifecycle_stage == "deleted"
+    target = MlflowClient(servers[1].url, servers[1].url)
+    name = unique("deleted-run")
+    imported = import_archive(archives[1], name=name, tracking_uri=servers[1].url,
+                              progress=False)
+    run = target.get_run(imported.run_id)
+    assert run.info.lifecycle_stage == "deleted"
+    assert run.data.params == {"p": "1"}  # recreated in full, then deleted
+    assert target.get_model_version(name, imported.version).run_id == imported.run_id
+    # an active source run stays active
+    active = import_archive(archives[0], name=unique("active-run"),
+                            tracking_uri=servers[1].url, progress=False)
+    assert target.get_run(active.run_id).info.lifecycle_stage == "active"
