@@ -8,6 +8,7 @@ source run was deleted gets a deleted run on the target. Real servers on loopbac
 from __future__ import annotations
 
 import mlflow
+import pandas as pd
 import pytest
 from conftest import global_tracking_uri, start_mlflow_server, unique
 from mlflow import MlflowClient
@@ -42,10 +43,16 @@ def source_versions(servers, tmp_path_factory):
         experiment_name, tags={"team": "vision", NOTE: "Trained on **all** the data."})
     name = unique("lifecycle")
     run_ids = []
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [0, 1, 0]})
     with global_tracking_uri(url):
         for _ in range(2):
             with mlflow.start_run(experiment_id=experiment) as run:
                 mlflow.log_param("p", "1")
+                mlflow.log_input(mlflow.data.from_pandas(frame, source="s3://bucket/train.csv",
+                                                         name="train", targets="y"),
+                                 context="training", tags={"split": "first-half"})
+                mlflow.log_input(mlflow.data.from_pandas(frame.head(1), name="eval"),
+                                 context="evaluation")
                 mlflow.pyfunc.log_model(name="model", python_model=Echo(),
                                         pip_requirements=["mlflow"],
                                         registered_model_name=name)
@@ -112,3 +119,23 @@ def test_a_deleted_source_run_arrives_deleted(servers, source_versions):
     active = import_archive(archives[0], name=unique("active-run"),
                             tracking_uri=servers[1].url, progress=False)
     assert target.get_run(active.run_id).info.lifecycle_stage == "active"
+
+
+def _datasets(run) -> list[tuple]:
+    return sorted((item.dataset.name, item.dataset.digest, item.dataset.source_type,
+                   item.dataset.source, item.dataset.schema, item.dataset.profile,
+                   tuple(sorted((tag.key, tag.value) for tag in item.tags)))
+                  for item in run.inputs.dataset_inputs)
+
+
+def test_the_runs_datasets_arrive_with_their_tags(servers, source_versions):
+    _, run_ids, archives = source_versions
+    source = MlflowClient(servers[0].url, servers[0].url).get_run(run_ids[0])
+    expected = _datasets(source)
+    assert len(expected) == 2 and all(item[4] and item[5] for item in expected)
+    imported = import_archive(archives[0], name=unique("datasets"),
+                              tracking_uri=servers[1].url, progress=False)
+    target = MlflowClient(servers[1].url, servers[1].url).get_run(imported.run_id)
+    assert _datasets(target) == expected
+    tags = dict(next(item for item in expected if item[0] == "train")[6])
+    assert tags == {"mlflow.data.context": "training", "split": "first-half"}

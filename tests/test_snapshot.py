@@ -326,3 +326,16 @@ def test_display_name_falls_back_to_the_logged_model_then_model():
     )
     assert snapshot.display_name == "lm"
     assert Snapshot(model_dir=MODEL_DIR, mlmodel={}).display_name == "model"
+
+
+@pytest.mark.parametrize("dataset", [
+    "train",
+    {"name": "train", "digest": "d", "source_type": "local"},
+    {"name": "train", "digest": "d", "source_type": "local", "source": "s", "schema": 5},
+    {"name": "train", "digest": "d", "source_type": "local", "source": "s", "tags": {"k": 1}},
+], ids=["not-an-object", "no-source", "schema-not-text", "tag-not-text"])
+def test_a_malformed_run_dataset_is_refused(dataset):
+    doc = json.loads(full_snapshot().to_json().decode("utf-8"))
+    doc["run"]["datasets"] = [dataset]
+    with pytest.raises(CorruptArchiveError, match="malformed"):
+        Snapshot.from_json(json.dumps(doc).encode(), MODEL_DIR)

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelOutput, Metric, Param
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModelOutput,
+    Metric,
+    Param,
+)
 from mlflow.exceptions import MlflowException
 
 from mlflow_archive_plugin.errors import TrackingServerError, UnsupportedError, VersionExistsError
@@ -410,6 +417,12 @@ def _create_run(client, created: _Created, snapshot: Snapshot, experiment_id: st
     params = [Param(key, str(value)) for key, value in run.params.items()]
     for start in range(0, len(params), _MAX_PARAMS_PER_BATCH):
         client.log_batch(created.run_id, params=params[start:start + _MAX_PARAMS_PER_BATCH])
+    if run.datasets:
+        client.log_inputs(created.run_id, datasets=[
+            DatasetInput(Dataset(d["name"], d["digest"], d["source_type"], d["source"],
+                                 d.get("schema"), d.get("profile")),
+                         tags=[InputTag(k, v) for k, v in (d.get("tags") or {}).items()])
+            for d in run.datasets])
     return created.run_id
 
 

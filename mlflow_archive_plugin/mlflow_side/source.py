@@ -297,6 +297,7 @@ def _run(client: MlflowClient, run_id: str, metrics_file: Path) -> RunInfo | Non
         experiment_name=experiment.name if experiment is not None else None,
         experiment_tags=dict(experiment.tags or {}) if experiment is not None else {},
         lifecycle_stage=run.info.lifecycle_stage,
+        datasets=[_dataset(item) for item in (run.inputs.dataset_inputs if run.inputs else [])],
         status=run.info.status,
         start_time=run.info.start_time,
         end_time=run.info.end_time,
@@ -305,6 +306,15 @@ def _run(client: MlflowClient, run_id: str, metrics_file: Path) -> RunInfo | Non
         tags=dict(run.data.tags),
         metric_history=history.summary() if history.points else None,
     )
+
+
+def _dataset(item) -> dict:
+    """One dataset input of a run, as the document records it."""
+    dataset = item.dataset
+    return {"name": dataset.name, "digest": dataset.digest, "source_type": dataset.source_type,
+            "source": dataset.source, "schema": dataset.schema or None,
+            "profile": dataset.profile or None,
+            "tags": {tag.key: tag.value for tag in (item.tags or [])}}
 
 
 def _metric_history(client: MlflowClient, run_id: str, key: str):

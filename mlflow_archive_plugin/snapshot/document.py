@@ -101,6 +101,9 @@ class RunInfo:
     lifecycle_stage: str | None = None
     # The experiment's tags, its description (``mlflow.note.content``) among them.
     experiment_tags: dict[str, str] = field(default_factory=dict)
+    # Each ``mlflow.log_input`` dataset: name, digest, source_type, source, schema, profile
+    # (text, the last two optional) and its input ``tags`` (``mlflow.data.context`` among them).
+    datasets: list[dict[str, Any]] = field(default_factory=list)
 
     def latest_metrics(self) -> dict[str, dict[str, Any]]:
         """Each key's latest point (value, step, timestamp) and its count of ``points``."""
@@ -337,6 +340,8 @@ def _check_values(snapshot: Snapshot) -> None:
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
                 raise TypeError(f"{type(section).__name__}.{field_name} must map text to text")
     if snapshot.run is not None:
+        for dataset in snapshot.run.datasets:
+            _check_dataset(dataset)
         if snapshot.run.metric_history is not None:
             check_summary(snapshot.run.metric_history)
         for key, history in snapshot.run.metrics.items():
@@ -349,6 +354,21 @@ def _check_values(snapshot: Snapshot) -> None:
             check_point(point)
             if not isinstance(point.get("key"), str):
                 raise TypeError("a logged-model metric point has no text 'key'")
+
+
+def _check_dataset(dataset: Any) -> None:
+    if not isinstance(dataset, dict):
+        raise TypeError("a run dataset is not an object")
+    for key in ("name", "digest", "source_type", "source"):
+        if not isinstance(dataset.get(key), str):
+            raise TypeError(f"a run dataset's {key!r} is not text")
+    for key in ("schema", "profile"):
+        if dataset.get(key) is not None and not isinstance(dataset[key], str):
+            raise TypeError(f"a run dataset's {key!r} is not text")
+    tags = dataset.get("tags", {})
+    if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                             for k, v in tags.items()):
+        raise TypeError("a run dataset's tags must map text to text")
 
 
 def _as_dict(section: Any) -> dict[str, Any] | None:
