@@ -139,3 +139,65 @@ def test_the_runs_datasets_arrive_with_their_tags(servers, source_versions):
     assert _datasets(target) == expected
     tags = dict(next(item for item in expected if item[0] == "train")[6])
     assert tags == {"mlflow.data.context": "training", "split": "first-half"}
+
+
+@pytest.fixture(scope="module")
+def nested(servers, tmp_path_factory):
+    """A model logged in a run nested two deep (grandparent -> parent -> child), exported."""
+    url = servers[0].url
+    client = MlflowClient(url, url)
+    experiment = client.create_experiment(unique("nested"))
+    name = unique("nested-model")
+    with global_tracking_uri(url), mlflow.start_run(experiment_id=experiment,
+                                                    run_name="sweep") as grandparent:
+        mlflow.log_param("search", "grid")
+        mlflow.set_tag("level", "top")
+        with mlflow.start_run(run_name="fold", nested=True) as parent:
+            mlflow.log_param("fold", "3")
+            for step in range(3):
+                mlflow.log_metric("fold_loss", 1.0 / (step + 1), step=step)
+            with mlflow.start_run(run_name="fit", nested=True) as child:
+                mlflow.pyfunc.log_model(name="model", python_model=Echo(),
+                                        pip_requirements=["mlflow"],
+                                        registered_model_name=name)
+    archive = export_model(f"models:/{name}/1", tmp_path_factory.mktemp("nested-archive"),
+                           tracking_uri=url, progress=False).location
+    return archive, grandparent.info.run_id, parent.info.run_id, child.info.run_id
+
+
+def test_the_parent_chain_of_a_nested_run_is_recreated(servers, nested):
+    archive, grandparent_id, parent_id, child_id = nested
+    source = MlflowClient(servers[0].url, servers[0].url)
+    target = MlflowClient(servers[1].url, servers[1].url)
+    imported = import_archive(archive, name=unique("nested-moved"),
+                              tracking_uri=servers[1].url, progress=False)
+    run = target.get_run(imported.run_id)
+    assert run.data.tags["mlflow_archive.source.parentRunId"] == parent_id
+    parent = target.get_run(run.data.tags["mlflow.parentRunId"])
+    source_parent = source.get_run(parent_id)
+    assert parent.data.params == source_parent.data.params == {"fold": "3"}
+    assert parent.info.run_name == "fold"
+    assert (parent.info.start_time, parent.info.end_time, parent.info.status) == (
+        source_parent.info.start_time, source_parent.info.end_time, source_parent.info.status)
+    assert sorted((m.step, m.value) for m in target.get_metric_history(
+        parent.info.run_id, "fold_loss")) == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
+    assert parent.data.tags["mlflow_archive.source.run_id"] == parent_id
+    top = target.get_run(parent.data.tags["mlflow.parentRunId"])
+    assert top.data.tags["mlflow_archive.source.run_id"] == grandparent_id
+    assert (top.data.params, top.data.tags["level"]) == ({"search": "grid"}, "top")
+    assert "mlflow.parentRunId" not in top.data.tags
+    assert {run.info.experiment_id, parent.info.experiment_id, top.info.experiment_id} == {
+        run.info.experiment_id}
+
+
+def test_a_second_import_reuses_the_recreated_parents(servers, nested):
+    archive, _, _, _ = nested
+    target = MlflowClient(servers[1].url, servers[1].url)
+    first = import_archive(archive, name=unique("nested-first"), tracking_uri=servers[1].url,
+                           progress=False)
+    second = import_archive(archive, name=unique("nested-second"),
+                            tracking_uri=servers[1].url, progress=False)
+    assert first.run_id != second.run_id
+    parents = {target.get_run(result.run_id).data.tags["mlflow.parentRunId"]
+               for result in (first, second)}
+    assert len(parents) == 1

@@ -339,3 +339,20 @@ def test_a_malformed_run_dataset_is_refused(dataset):
     doc["run"]["datasets"] = [dataset]
     with pytest.raises(CorruptArchiveError, match="malformed"):
         Snapshot.from_json(json.dumps(doc).encode(), MODEL_DIR)
+
+
+def test_parent_runs_round_trip_and_a_nested_chain_is_refused():
+    snapshot = full_snapshot()
+    snapshot.run.parents = [RunInfo(run_id="parent", params={"fold": "3"},
+                                    metrics={"loss": [{"value": 1.0, "step": 0,
+                                                       "timestamp": 5}]})]
+    restored = Snapshot.from_json(snapshot.to_json(), MODEL_DIR)
+    assert restored.run.parents == snapshot.run.parents
+    doc = json.loads(snapshot.to_json())
+    doc["run"]["parents"][0]["parents"] = [{"run_id": "grandparent"}]
+    with pytest.raises(CorruptArchiveError, match="parents of its own"):
+        Snapshot.from_json(json.dumps(doc).encode(), MODEL_DIR)
+    doc["run"]["parents"][0]["parents"] = []
+    doc["run"]["parents"][0]["params"] = {"fold": 3}
+    with pytest.raises(CorruptArchiveError, match="must map text to text"):
+        Snapshot.from_json(json.dumps(doc).encode(), MODEL_DIR)

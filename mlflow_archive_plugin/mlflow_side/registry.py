@@ -58,7 +58,8 @@ SOURCE_PREFIX = "mlflow_archive.source."
 _TERMINAL_STATUSES = {"FINISHED", "FAILED", "KILLED"}
 # Tags MLflow maintains itself on the target; copying the source's values would be wrong there.
 _MLFLOW_MANAGED_TAGS = {MLFLOW_MODEL_VERSIONS}
-_SOURCE_ONLY_RUN_TAGS = {"mlflow.parentRunId", "mlflow.rootRunId"}
+PARENT_RUN_TAG = "mlflow.parentRunId"
+_SOURCE_ONLY_RUN_TAGS = {PARENT_RUN_TAG, "mlflow.rootRunId"}
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 
@@ -86,6 +87,7 @@ class _Created:
     model_id: str | None = None
     registered_model: str | None = None
     version: tuple[str, str] | None = None
+    parent_run_ids: list[str] = field(default_factory=list)
 
     def roll_back(self) -> None:
         client = self.client
@@ -101,6 +103,9 @@ class _Created:
         with contextlib.suppress(MlflowException, OSError):
             if self.run_id is not None:
                 client.delete_run(self.run_id)
+        for run_id in self.parent_run_ids:
+            with contextlib.suppress(MlflowException, OSError):
+                client.delete_run(run_id)
 
 
 def register(
@@ -403,10 +408,10 @@ def _create_run(client, created: _Created, snapshot: Snapshot, experiment_id: st
     run = snapshot.run
     if run is None:
         return None
-    # Parent and root run ids name runs that do not exist on the target: keep them as lineage.
-    tags = {k: v for k, v in run.tags.items() if k not in _SOURCE_ONLY_RUN_TAGS}
-    tags.update(_source_tags({key.removeprefix("mlflow."): value for key, value in run.tags.items()
-                              if key in _SOURCE_ONLY_RUN_TAGS}))
+    # The source's parent and root run ids name runs of another server: kept as lineage, and
+    # mlflow.parentRunId points at the parent recreated here (or found from an earlier import).
+    parent_id = _recreate_parents(client, created, run, experiment_id, snapshot)
+    tags = _lineage_tags(run, parent_id)
     tags.update(_source_tags({"run_id": run.run_id, "experiment_id": run.experiment_id,
                               "experiment_name": run.experiment_name, "user_id": run.user_id,
                               "tracking_uri": snapshot.lineage.source_tracking_uri}))
@@ -424,6 +429,59 @@ def _create_run(client, created: _Created, snapshot: Snapshot, experiment_id: st
                          tags=[InputTag(k, v) for k, v in (d.get("tags") or {}).items()])
             for d in run.datasets])
     return created.run_id
+
+
+def _lineage_tags(run, parent_id: str | None) -> dict[str, str]:
+    tags = {k: v for k, v in run.tags.items() if k not in _SOURCE_ONLY_RUN_TAGS}
+    tags.update(_source_tags({key.removeprefix("mlflow."): value for key, value in run.tags.items()
+                              if key in _SOURCE_ONLY_RUN_TAGS}))
+    if parent_id is not None:
+        tags[PARENT_RUN_TAG] = parent_id
+    return tags
+
+
+def _recreate_parents(client, created: _Created, run, experiment_id: str,
+                      snapshot: Snapshot) -> str | None:
+    """The runs above a nested run, root first, each found again where an earlier import
+    made it (by its source run id) or created with its params, tags, metrics and times;
+    the target id of the nearest parent, or None for a run that was not nested."""
+    parent_id = None
+    for parent in reversed(run.parents):
+        found = _imported_run(client, experiment_id, parent.run_id)
+        if found is None:
+            found = _create_parent(client, created, parent, experiment_id, parent_id, snapshot)
+        parent_id = found
+    return parent_id
+
+
+def _imported_run(client, experiment_id: str, source_run_id: str) -> str | None:
+    runs = client.search_runs([experiment_id], max_results=1, filter_string=(
+        f"tags.`{SOURCE_PREFIX}run_id` = {filter_value(source_run_id)}"))
+    return runs[0].info.run_id if runs else None
+
+
+def _create_parent(client, created: _Created, parent, experiment_id: str,
+                   grandparent_id: str | None, snapshot: Snapshot) -> str:
+    tags = _lineage_tags(parent, grandparent_id)
+    tags.update(_source_tags({"run_id": parent.run_id, "experiment_id": parent.experiment_id,
+                              "user_id": parent.user_id,
+                              "tracking_uri": snapshot.lineage.source_tracking_uri}))
+    new = client.create_run(experiment_id, start_time=parent.start_time, tags=tags,
+                            run_name=parent.run_name)
+    run_id = new.info.run_id
+    created.parent_run_ids.append(run_id)
+    params = [Param(key, str(value)) for key, value in parent.params.items()]
+    for start in range(0, len(params), _MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[start:start + _MAX_PARAMS_PER_BATCH])
+    metrics = (Metric(key, float(p["value"]), int(p["timestamp"]), int(p["step"]))
+               for key, history in parent.metrics.items() for p in history)
+    while batch := list(itertools.islice(metrics, _MAX_METRICS_PER_BATCH)):
+        client.log_batch(run_id, metrics=batch)
+    if parent.status in _TERMINAL_STATUSES:
+        client.set_terminated(run_id, status=parent.status, end_time=parent.end_time)
+    if parent.lifecycle_stage == "deleted":
+        client.delete_run(run_id)
+    return run_id
 
 
 def _log_metrics(client, run_id: str | None, snapshot: Snapshot, model_id: str) -> None:

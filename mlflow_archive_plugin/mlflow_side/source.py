@@ -52,6 +52,10 @@ _BY_VERSION = re.compile(r"^models:/([^/@]+)/([^/]+)/?$")
 _RUNS = re.compile(r"^runs:/([^/]+)/(.+?)/?$")
 # Metric points fetched per request at export (MLflow's server pages its metric history).
 _METRIC_PAGE = 25_000
+PARENT_RUN_TAG = "mlflow.parentRunId"
+# How many runs above a nested run are kept, and how many metric points of each, inline.
+_MAX_PARENTS = 20
+_MAX_PARENT_POINTS = 100_000
 
 
 def read_model(
@@ -298,6 +302,7 @@ def _run(client: MlflowClient, run_id: str, metrics_file: Path) -> RunInfo | Non
         experiment_tags=dict(experiment.tags or {}) if experiment is not None else {},
         lifecycle_stage=run.info.lifecycle_stage,
         datasets=[_dataset(item) for item in (run.inputs.dataset_inputs if run.inputs else [])],
+        parents=_parents(client, run),
         status=run.info.status,
         start_time=run.info.start_time,
         end_time=run.info.end_time,
@@ -305,6 +310,61 @@ def _run(client: MlflowClient, run_id: str, metrics_file: Path) -> RunInfo | Non
         params=dict(run.data.params),
         tags=dict(run.data.tags),
         metric_history=history.summary() if history.points else None,
+    )
+
+
+
+
+
+def _parents(client: MlflowClient, run) -> list[RunInfo]:
+    """The runs above a nested run, nearest first, as far as the source still has them."""
+    parents: list[RunInfo] = []
+    seen = {run.info.run_id}
+    parent_id = run.data.tags.get(PARENT_RUN_TAG)
+    while parent_id and parent_id not in seen and len(parents) < _MAX_PARENTS:
+        seen.add(parent_id)
+        try:
+            parent = client.get_run(parent_id)
+        except MlflowException as exc:
+            if is_missing(exc):
+                break  # removed by mlflow gc: the chain is kept as far as it goes
+            raise
+        parents.append(_parent_info(client, parent))
+        parent_id = parent.data.tags.get(PARENT_RUN_TAG)
+    return parents
+
+
+def _parent_info(client: MlflowClient, run) -> RunInfo:
+    """A parent run, its metric history inline: up to _MAX_PARENT_POINTS points, beyond
+    which each metric keeps its latest value only."""
+    history: dict[str, list[dict]] = {}
+    count = 0
+    for key in sorted(run.data.metrics):
+        points = []
+        for m in _metric_history(client, run.info.run_id, key):
+            points.append({"value": m.value, "step": m.step, "timestamp": m.timestamp})
+            count += 1
+            if count > _MAX_PARENT_POINTS:
+                break
+        history[key] = points
+        if count > _MAX_PARENT_POINTS:
+            break
+    if count > _MAX_PARENT_POINTS:
+        history = {key: [{"value": value, "step": 0, "timestamp": run.info.start_time or 0}]
+                   for key, value in run.data.metrics.items()}
+    return RunInfo(
+        run_id=run.info.run_id,
+        run_name=run.info.run_name,
+        experiment_id=run.info.experiment_id,
+        status=run.info.status,
+        start_time=run.info.start_time,
+        end_time=run.info.end_time,
+        user_id=run.info.user_id or None,
+        params=dict(run.data.params),
+        tags=dict(run.data.tags),
+        metrics=history,
+        lifecycle_stage=run.info.lifecycle_stage,
+        datasets=[_dataset(item) for item in (run.inputs.dataset_inputs if run.inputs else [])],
     )
 
 
@@ -591,6 +651,8 @@ def _redacted(info):
         return None
     values = {item.name: redact_data(getattr(info, item.name))
               for item in dataclasses.fields(info)}
+    if isinstance(info, RunInfo):
+        values["parents"] = [_redacted(parent) for parent in info.parents]
     return dataclasses.replace(info, **values)
 
 

@@ -104,6 +104,21 @@ class RunInfo:
     # Each ``mlflow.log_input`` dataset: name, digest, source_type, source, schema, profile
     # (text, the last two optional) and its input ``tags`` (``mlflow.data.context`` among them).
     datasets: list[dict[str, Any]] = field(default_factory=list)
+    # The runs above a nested run, its parent first, each with its history inline (parents
+    # are recreated so that ``mlflow.parentRunId`` points at a run on the target).
+    parents: list[RunInfo] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # read from a document, the parents are objects: make them runs, refusing a parent
+        # that nests parents of its own (the chain is flat in the document)
+        parents = []
+        for parent in self.parents:
+            if isinstance(parent, dict):
+                if parent.get("parents"):
+                    raise TypeError("a parent run lists parents of its own")
+                parent = _build(RunInfo, parent)
+            parents.append(parent)
+        self.parents = parents
 
     def latest_metrics(self) -> dict[str, dict[str, Any]]:
         """Each key's latest point (value, step, timestamp) and its count of ``points``."""
@@ -333,18 +348,21 @@ class Snapshot:
 
 def _check_values(snapshot: Snapshot) -> None:
     """Import replays these into MLflow; a wrong type must fail here, before anything exists."""
+    runs = [snapshot.run, *snapshot.run.parents] if snapshot.run is not None else []
     for section in (snapshot.registered_model, snapshot.model_version, snapshot.logged_model,
-                    snapshot.run):
+                    *runs):
         for field_name in ("tags", "params", "experiment_tags"):
             values = getattr(section, field_name, None) or {}
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
                 raise TypeError(f"{type(section).__name__}.{field_name} must map text to text")
-    if snapshot.run is not None:
-        for dataset in snapshot.run.datasets:
+    for run in runs:
+        for dataset in run.datasets:
             _check_dataset(dataset)
-        if snapshot.run.metric_history is not None:
-            check_summary(snapshot.run.metric_history)
-        for key, history in snapshot.run.metrics.items():
+        if run.metric_history is not None:
+            if run is not snapshot.run:
+                raise TypeError("a parent run's metric history must be inline")
+            check_summary(run.metric_history)
+        for key, history in run.metrics.items():
             if not isinstance(history, list):
                 raise TypeError(f"run metric {key!r} history is not a list")
             for point in history:
