@@ -201,3 +201,43 @@ def test_a_second_import_reuses_the_recreated_parents(servers, nested):
     parents = {target.get_run(result.run_id).data.tags["mlflow.parentRunId"]
                for result in (first, second)}
     assert len(parents) == 1
+
+
+def test_model_inputs_point_at_the_imported_logged_model_or_are_named(servers, tmp_path):
+    """A run that took a LoggedModel as input (an evaluation, say): on the target the input
+    is that model's import where there is one, else its source id is kept in a tag."""
+    from mlflow.entities import LoggedModelInput
+
+    url = servers[0].url
+    client = MlflowClient(url, url)
+    experiment = client.create_experiment(unique("inputs"))
+    base_name, judged_name = unique("base"), unique("judged")
+    with global_tracking_uri(url):
+        with mlflow.start_run(experiment_id=experiment):
+            base = mlflow.pyfunc.log_model(name="model", python_model=Echo(),
+                                           pip_requirements=["mlflow"],
+                                           registered_model_name=base_name)
+        with mlflow.start_run(experiment_id=experiment) as run:
+            client.log_inputs(run.info.run_id, models=[LoggedModelInput(base.model_id)])
+            mlflow.pyfunc.log_model(name="model", python_model=Echo(),
+                                    pip_requirements=["mlflow"],
+                                    registered_model_name=judged_name)
+    base_archive = export_model(f"models:/{base_name}/1", tmp_path, tracking_uri=url,
+                                progress=False).location
+    judged_archive = export_model(f"models:/{judged_name}/1", tmp_path, tracking_uri=url,
+                                  progress=False).location
+    target = MlflowClient(servers[1].url, servers[1].url)
+    # before the base model is imported: named, not linked
+    early = import_archive(judged_archive, name=unique("judged-early"),
+                           tracking_uri=servers[1].url, progress=False)
+    early_run = target.get_run(early.run_id)
+    assert early_run.inputs.model_inputs == []
+    assert early_run.data.tags["mlflow_archive.source.model_inputs"] == base.model_id
+    # after: linked to the base model's import
+    imported_base = import_archive(base_archive, name=unique("base-moved"),
+                                   tracking_uri=servers[1].url, progress=False)
+    late = import_archive(judged_archive, name=unique("judged-late"),
+                          tracking_uri=servers[1].url, progress=False)
+    late_run = target.get_run(late.run_id)
+    assert [m.model_id for m in late_run.inputs.model_inputs] == [imported_base.model_id]
+    assert "mlflow_archive.source.model_inputs" not in late_run.data.tags

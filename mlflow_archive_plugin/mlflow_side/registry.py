@@ -26,6 +26,7 @@ from mlflow.entities import (
     Dataset,
     DatasetInput,
     InputTag,
+    LoggedModelInput,
     LoggedModelOutput,
     Metric,
     Param,
@@ -168,6 +169,7 @@ def _create_all(client, created, snapshot, digest, target, experiment, aliases,
     _remove_killed_imports(client, experiment_id, digest, imported)
     run_id = _create_run(client, created, snapshot, experiment_id, digest)
     model_id = _create_logged_model(client, created, snapshot, experiment_id, run_id, digest)
+    _log_model_inputs(client, run_id, snapshot, model_id)
     _log_metrics(client, run_id, snapshot, model_id)
     _finish_run(client, run_id, snapshot)
     _upload_files(client, model_id, snapshot.model_dir, extents)
@@ -482,6 +484,39 @@ def _create_parent(client, created: _Created, parent, experiment_id: str,
     if parent.lifecycle_stage == "deleted":
         client.delete_run(run_id)
     return run_id
+
+
+def _log_model_inputs(client, run_id: str | None, snapshot: Snapshot, model_id: str) -> None:
+    """The LoggedModels the source run took as inputs, where the target has them: this
+    import's own, or one an earlier import made (by its ``mlflow_archive.source.model_id``).
+    The others are named in ``mlflow_archive.source.model_inputs``."""
+    run = snapshot.run
+    if run_id is None or run is None or not run.model_inputs:
+        return
+    own = snapshot.logged_model.model_id if snapshot.logged_model else None
+    found, missing = [], []
+    for source_id in run.model_inputs:
+        target_id = model_id if source_id == own else _imported_logged_model(client, source_id)
+        (found if target_id else missing).append(target_id or source_id)
+    if found:
+        client.log_inputs(run_id, models=[LoggedModelInput(target) for target in found])
+    if missing:
+        client.set_tag(run_id, SOURCE_PREFIX + "model_inputs", ",".join(missing))
+
+
+def _imported_logged_model(client, source_model_id: str) -> str | None:
+    wanted = f"tags.`{SOURCE_PREFIX}model_id` = {filter_value(source_model_id)}"
+    token = None
+    while True:
+        experiments = client.search_experiments(max_results=1000, page_token=token)
+        ids = [experiment.experiment_id for experiment in experiments]
+        if ids:
+            models = client.search_logged_models(ids, filter_string=wanted, max_results=1)
+            if models:
+                return models[0].model_id
+        token = experiments.token
+        if not token:
+            return None
 
 
 def _log_metrics(client, run_id: str | None, snapshot: Snapshot, model_id: str) -> None:

@@ -303,6 +303,7 @@ def _run(client: MlflowClient, run_id: str, metrics_file: Path) -> RunInfo | Non
         lifecycle_stage=run.info.lifecycle_stage,
         datasets=[_dataset(item) for item in (run.inputs.dataset_inputs if run.inputs else [])],
         parents=_parents(client, run),
+        model_inputs=[item.model_id for item in (run.inputs.model_inputs if run.inputs else [])],
         status=run.info.status,
         start_time=run.info.start_time,
         end_time=run.info.end_time,
@@ -311,9 +312,6 @@ def _run(client: MlflowClient, run_id: str, metrics_file: Path) -> RunInfo | Non
         tags=dict(run.data.tags),
         metric_history=history.summary() if history.points else None,
     )
-
-
-
 
 
 def _parents(client: MlflowClient, run) -> list[RunInfo]:

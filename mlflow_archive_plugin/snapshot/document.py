@@ -104,6 +104,8 @@ class RunInfo:
     # Each ``mlflow.log_input`` dataset: name, digest, source_type, source, schema, profile
     # (text, the last two optional) and its input ``tags`` (``mlflow.data.context`` among them).
     datasets: list[dict[str, Any]] = field(default_factory=list)
+    # The LoggedModels the run took as inputs (``LoggedModelInput``), by source model id.
+    model_inputs: list[str] = field(default_factory=list)
     # The runs above a nested run, its parent first, each with its history inline (parents
     # are recreated so that ``mlflow.parentRunId`` points at a run on the target).
     parents: list[RunInfo] = field(default_factory=list)
@@ -356,6 +358,8 @@ def _check_values(snapshot: Snapshot) -> None:
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
                 raise TypeError(f"{type(section).__name__}.{field_name} must map text to text")
     for run in runs:
+        if not all(isinstance(model_id, str) for model_id in run.model_inputs):
+            raise TypeError("run model_inputs must be model ids")
         for dataset in run.datasets:
             _check_dataset(dataset)
         if run.metric_history is not None:
