@@ -356,8 +356,9 @@ class KilledImport:
 def killed_import(big, big_archive, server_b, children_tmp, tmp_path_factory) -> KilledImport:
     """The big archive imported into server_b, killed while the weights go up."""
     client = client_for(server_b.url)
-    experiment_id = client.create_experiment(big.name)  # the import's default experiment
-    args = ["import", str(big_archive), "--tracking-uri", server_b.url, "--json", "-q"]
+    experiment_id = client.create_experiment(big.name)  # the import's own experiment
+    args = ["import", str(big_archive), "--experiment", big.name, "--tracking-uri",
+            server_b.url, "--json", "-q"]
     killed = kill_when(args, tmp_path_factory.mktemp("import"),
                        child_env(TMPDIR=str(children_tmp)),
                        growing_file(artifact_dir(server_b, experiment_id)))
@@ -388,7 +389,8 @@ def import_rerun(killed_import, big_archive, server_b, children_tmp, tmp_path_fa
     """The same import run again after the kill, then a third time: (its JSON, the third
     run's JSON, the census before and after the third run)."""
     killed_import.killed.assert_mid_way()
-    args = ["import", str(big_archive), "--tracking-uri", server_b.url, "--json", "-q"]
+    args = ["import", str(big_archive), "--experiment", killed_import.name, "--tracking-uri",
+            server_b.url, "--json", "-q"]
     cwd = tmp_path_factory.mktemp("import-rerun")
     env = child_env(TMPDIR=str(children_tmp))
     second = cli(*args, cwd=cwd, env=env, timeout=STUCK_SECONDS)
@@ -486,7 +488,8 @@ def bulk_import(bulk_export, server_b, children_tmp, tmp_path_factory) -> BulkIm
     twice."""
     name, folder, _ = bulk_export
     client = client_for(server_b.url)
-    experiment_id = client.create_experiment(name)  # where the import puts the runs
+    # where the import puts the runs: the source runs' experiment (Default), by name
+    experiment_id = client.get_experiment_by_name("Default").experiment_id
     args = ["import-registry", str(folder), "--tracking-uri", server_b.url, "--json", "-q"]
     cwd = tmp_path_factory.mktemp("import-registry")
     env = child_env(TMPDIR=str(children_tmp))
@@ -533,9 +536,17 @@ def test_import_registry_rerun_after_a_kill_completes_the_versions_in_order(
     assert client.get_registered_model(bulk_import.name).aliases == {"champion": "2"}
 
 
-def test_import_registry_rerun_after_a_kill_duplicates_nothing(bulk_import, server_b):
+def test_import_registry_rerun_after_a_kill_duplicates_nothing(bulk_import, big, server_b):
     runs, models = live_runs_and_models(client_for(server_b.url), bulk_import.experiment_id)
     versions = visible_versions(client_for(server_b.url), bulk_import.name)
+    # Default is shared with other imports: count the runs made from this model's source runs
+    source = client_for(big.url)
+    sources = {source.get_model_version(bulk_import.name, str(n)).run_id for n in (1, 2, 3)}
+    assert len(sources) == 2  # versions 1 and 3 share a run
+    runs = [run for run in runs
+            if run.data.tags.get("mlflow_archive.source.run_id") in sources]
+    run_ids = {run.info.run_id for run in runs}
+    models = [model for model in models if model.source_run_id in run_ids]
     assert sorted(run.info.run_id for run in runs) == sorted(v.run_id for v in versions.values())
     assert sorted(f"models:/{m.model_id}" for m in models) == sorted(
         v.source for v in versions.values())
